@@ -1,0 +1,1 @@
+"""dflow OPs of the simplify loop and the plain functions they wrap."""

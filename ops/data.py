@@ -1,0 +1,171 @@
+"""The frame index: stable frame ids over `pick_data`, the loop state, reading frames by id.
+
+`pick_data` is never copied or rewritten. It is a list of roots (directories or HDF5 files);
+each root holds one or more deepmd systems. A system is named ``"<root index>/<path in root>"``
+(``"<root index>/<file>#<group>"`` for HDF5), a frame by ``(system, index)``. Iterations only pass
+the small :class:`LoopState` JSON and the relabeled frames.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dpdata
+import numpy as np
+
+H5_SUFFIXES = (".h5", ".hdf5")
+
+
+def expand_roots(patterns: list[str], base_dir: str | os.PathLike = ".") -> list[str]:
+    """Glob each `pick_data` entry (relative to `base_dir`) into existing absolute paths, sorted per pattern."""
+    roots: list[str] = []
+    for pattern in patterns:
+        full = os.path.join(str(base_dir), os.path.expanduser(pattern))
+        matches = sorted(glob.glob(full))
+        roots.extend(os.path.abspath(m) for m in matches if os.path.abspath(m) not in roots)
+    return roots
+
+
+def _h5_groups(path: str) -> list[str]:
+    import h5py
+
+    groups: list[str] = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Group) and "type.raw" in obj:
+            groups.append(name)
+
+    with h5py.File(path, "r") as f:
+        if "type.raw" in f:
+            groups.append("")
+        f.visititems(visit)
+    return sorted(groups)
+
+
+def find_systems(root: str) -> list[str]:
+    """Relative names of the deepmd systems inside one root: npy dirs holding type.raw, HDF5 groups."""
+    root = str(root)
+    if os.path.isfile(root) and root.endswith(H5_SUFFIXES):
+        return ["#" + g for g in _h5_groups(root)]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        if "type.raw" in filenames:
+            found.append(os.path.relpath(dirpath, root))
+        for f in sorted(filenames):
+            if f.endswith(H5_SUFFIXES):
+                rel = os.path.relpath(os.path.join(dirpath, f), root)
+                found.extend(rel + "#" + g for g in _h5_groups(os.path.join(dirpath, f)))
+    return found
+
+
+def system_location(roots: list[str], key: str) -> tuple[str, str]:
+    """(path for dpdata, dpdata format) of a system key over the given roots."""
+    idx, rel = key.split("/", 1)
+    root = str(roots[int(idx)])
+    if "#" in rel:
+        file_part, group = rel.split("#", 1)
+        path = root if file_part == "" else os.path.join(root, file_part)
+        return f"{os.path.normpath(path)}#{group or '/'}", "deepmd/hdf5"
+    return os.path.normpath(os.path.join(root, rel)), "deepmd/npy"
+
+
+def load_system(roots: list[str], key: str, type_map: list[str], labeled: bool) -> dpdata.System:
+    """The whole system `key`, with its types mapped onto `type_map`."""
+    path, fmt = system_location(roots, key)
+    cls = dpdata.LabeledSystem if labeled else dpdata.System
+    return cls(path, fmt=fmt, type_map=type_map)
+
+
+def count_frames(roots: list[str], key: str) -> int:
+    """Frames of a system without loading its arrays (npy: box.npy headers; HDF5: dataset shape)."""
+    path, fmt = system_location(roots, key)
+    if fmt == "deepmd/npy":
+        n = 0
+        for box in sorted(glob.glob(os.path.join(path, "set.*", "box.npy"))):
+            n += np.load(box, mmap_mode="r").shape[0]
+        return n
+    import h5py
+
+    file_path, group = path.split("#", 1)
+    with h5py.File(file_path, "r") as f:
+        g = f[group] if group not in ("", "/") else f
+        return sum(g[s]["box.npy"].shape[0] for s in g if s.startswith("set."))
+
+
+@dataclass
+class LoopState:
+    """Which frames of which system are in the pool, picked (relabeled or being so) or retired as accurate."""
+
+    systems: dict[str, int]  # system key -> number of frames
+    pool: dict[str, list[int]] = field(default_factory=dict)
+    picked: dict[str, list[int]] = field(default_factory=dict)
+    accurate: dict[str, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def initial(cls, systems: dict[str, int]) -> "LoopState":
+        return cls(systems=dict(systems), pool={k: list(range(n)) for k, n in systems.items()})
+
+    @staticmethod
+    def count(ids: dict[str, list[int]]) -> int:
+        return sum(len(v) for v in ids.values())
+
+    def dump(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.__dict__))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LoopState":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def flatten(ids: dict[str, list[int]]) -> list[tuple[str, int]]:
+    return [(k, int(i)) for k in sorted(ids) for i in ids[k]]
+
+
+def group_ids(pairs: list[tuple[str, int]]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for k, i in pairs:
+        out.setdefault(k, []).append(int(i))
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def write_frame_ids(path: str | os.PathLike, ids: dict[str, list[int]]) -> None:
+    Path(path).write_text(json.dumps(ids))
+
+
+def read_frame_ids(path: str | os.PathLike) -> dict[str, list[int]]:
+    return json.loads(Path(path).read_text())
+
+
+def iter_frames(roots, ids: dict[str, list[int]], type_map, labeled: bool):
+    """Yield (system key, frame ids, dpdata system restricted to those frames), one system at a time."""
+    for key in sorted(ids):
+        if not ids[key]:
+            continue
+        system = load_system(roots, key, type_map, labeled)
+        yield key, list(ids[key]), system.sub_system(list(ids[key]))
+
+
+def save_labeled(multi: dpdata.MultiSystems, sources: dict[str, list[tuple[str, int]]], out_dir) -> None:
+    """Write labeled frames as deepmd/npy (one dir per formula) plus `frame_ids.json` per dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    if multi.get_nframes() == 0:
+        return
+    multi.to_deepmd_npy(str(out_dir), set_size=10**9)
+    for name in multi.systems:
+        Path(out_dir, name, "frame_ids.json").write_text(json.dumps(sources.get(name, [])))
+
+
+def read_labeled_dirs(paths: list[str | os.PathLike], type_map: list[str]) -> dpdata.MultiSystems:
+    """Every deepmd/npy system below the given dirs, as one MultiSystems."""
+    multi = dpdata.MultiSystems(type_map=type_map)
+    for p in paths:
+        for rel in find_systems(str(p)):
+            if "#" in rel:
+                continue
+            multi.append(dpdata.LabeledSystem(os.path.join(str(p), rel), fmt="deepmd/npy", type_map=type_map))
+    return multi

@@ -1,0 +1,1 @@
+"""First-principles engines for RunFP: one module each, one interface (base.py)."""

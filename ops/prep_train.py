@@ -1,0 +1,95 @@
+"""PrepTrain: one task per model (its input.json) and the training set of this iteration.
+
+The training set is every frame relabeled so far: the previous iteration's set plus the new
+labeled groups, gathered into one `iter_data` directory (only relabeled frames move, never pick_data).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import List
+
+from dflow.python import OP, OPIO, Artifact, OPIOSign
+
+from .data import find_systems
+
+TASK_PATTERN = "%04d"
+
+
+def make_train_input(template: dict, index: int, iter_index: int, options: dict) -> dict:
+    """The deepmd-kit input of model `index`: own seeds, DP-GEN's per-model activation functions and,
+    when starting from older models, DP-GEN's `training_reuse_*` overrides."""
+    jinput = copy.deepcopy(template)
+    model = jinput.setdefault("model", {})
+    if options.get("type_map"):
+        model["type_map"] = list(options["type_map"])
+    seed = int(options.get("seed", 0)) * 1000 + 100 * iter_index + index
+    for part in ("descriptor", "fitting_net"):
+        if part in model:
+            model[part]["seed"] = seed + (0 if part == "descriptor" else 7)
+    training = jinput.setdefault("training", {})
+    training["seed"] = seed + 13
+    training.pop("validation_data", None)
+    acts = options.get("activation_func")
+    if acts:
+        model["descriptor"]["activation_function"] = acts[index][0]
+        model["fitting_net"]["activation_function"] = acts[index][1]
+    if options.get("init_from_old"):
+        reuse = options.get("reuse", {})
+        if reuse.get("numb_steps") is not None:
+            training.pop("stop_batch", None)
+            training["numb_steps"] = reuse["numb_steps"]
+        if reuse.get("start_lr") is not None:
+            jinput.setdefault("learning_rate", {})["start_lr"] = reuse["start_lr"]
+        for pref in ("start_pref_e", "start_pref_f"):
+            if reuse.get(pref) is not None:
+                jinput.setdefault("loss", {})[pref] = reuse[pref]
+    return jinput
+
+
+def gather_iter_data(previous: Path | None, new_groups: list[Path], out: Path, iter_index: int) -> int:
+    """Copy the previous training set and this round's labeled groups into `out`; number of systems."""
+    out.mkdir(parents=True, exist_ok=True)
+    if previous is not None and Path(previous).is_dir():
+        shutil.copytree(previous, out, dirs_exist_ok=True)
+    for g, group in enumerate(new_groups or []):
+        if group is not None and Path(group).is_dir() and find_systems(str(group)):
+            shutil.copytree(group, out / ("iter-%06d" % (iter_index - 1)) / ("group-%06d" % g), dirs_exist_ok=True)
+    return len(find_systems(str(out)))
+
+
+class PrepTrain(OP):
+    """Write one training task per model and gather all frames relabeled so far."""
+
+    @classmethod
+    def get_input_sign(cls):
+        return OPIOSign({
+            "template": dict,
+            "numb_models": int,
+            "iter_index": int,
+            "options": dict,
+            "iter_data": Artifact(Path, optional=True),
+            "new_data": Artifact(List[Path], optional=True),
+        })
+
+    @classmethod
+    def get_output_sign(cls):
+        return OPIOSign({"task_names": List[str], "task_paths": Artifact(List[Path]), "iter_data": Artifact(Path)})
+
+    @OP.exec_sign_check
+    def execute(self, ip: OPIO) -> OPIO:
+        n = gather_iter_data(ip["iter_data"], ip["new_data"], Path("iter_data"), ip["iter_index"])
+        if n == 0:
+            raise RuntimeError("no relabeled frame to train on: every frame of iteration 0 failed to label")
+        names, paths = [], []
+        for i in range(ip["numb_models"]):
+            task = Path("task." + TASK_PATTERN % i)
+            task.mkdir(exist_ok=True)
+            jinput = make_train_input(ip["template"], i, ip["iter_index"], ip["options"])
+            (task / "input.json").write_text(json.dumps(jinput, indent=2))
+            names.append(TASK_PATTERN % i)
+            paths.append(task)
+        return OPIO({"task_names": names, "task_paths": paths, "iter_data": Path("iter_data")})

@@ -1,0 +1,65 @@
+"""RunFP: relabel a group of picked frames with an FP engine; failures are recorded, not fatal."""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from pathlib import Path
+from typing import List
+
+import dpdata
+from dflow.python import OP, OPIO, Artifact, OPIOSign
+
+from .data import iter_frames, save_labeled
+from .fp.base import get_engine
+
+
+def label_frames(roots, frame_ids: dict[str, list[int]], type_map, fp_style: str, fp_params: dict,
+                 workdir: str | os.PathLike):
+    """Label every frame; returns (MultiSystems, {formula: [(system, frame), ...]}, failures)."""
+    engine = get_engine(fp_style)
+    multi = dpdata.MultiSystems(type_map=type_map)
+    sources: dict[str, list[tuple[str, int]]] = {}
+    failures = []
+    for key, ids, system in iter_frames(roots, frame_ids, type_map, labeled=engine.needs_input_labels):
+        for j, fid in enumerate(ids):
+            task_dir = Path(workdir, "task.%s.%06d" % (key.replace("/", "_").replace("#", "_"), fid))
+            task_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                labeled = engine.label(system[j], str(task_dir), fp_params)
+            except Exception as exc:  # a failed task is data: record it and go on
+                failures.append({"system": key, "frame": fid, "engine": fp_style,
+                                 "reason": f"{type(exc).__name__}: {exc}",
+                                 "log_tail": traceback.format_exc().splitlines()[-5:]})
+                continue
+            multi.append(labeled)
+            sources.setdefault(labeled.formula, []).append((key, fid))
+    return multi, sources, failures
+
+
+class RunFP(OP):
+    """Label one group of picked frames at the new level of theory."""
+
+    @classmethod
+    def get_input_sign(cls):
+        return OPIOSign({
+            "frame_ids": dict,
+            "pick_data": Artifact(List[Path]),
+            "type_map": List[str],
+            "fp_style": str,
+            "fp_params": dict,
+        })
+
+    @classmethod
+    def get_output_sign(cls):
+        return OPIOSign({"labeled_data": Artifact(Path), "failures": Artifact(Path), "n_labeled": int, "n_failed": int})
+
+    @OP.exec_sign_check
+    def execute(self, ip: OPIO) -> OPIO:
+        multi, sources, failures = label_frames(
+            [str(r) for r in ip["pick_data"]], ip["frame_ids"], ip["type_map"], ip["fp_style"], ip["fp_params"], "tasks")
+        save_labeled(multi, sources, "labeled")
+        Path("failures.json").write_text(json.dumps(failures, indent=1))
+        return OPIO({"labeled_data": Path("labeled"), "failures": Path("failures.json"),
+                     "n_labeled": multi.get_nframes(), "n_failed": len(failures)})

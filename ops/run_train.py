@@ -1,0 +1,151 @@
+"""RunTrain: `dp train` one model from its starting model, then freeze it.
+
+Start modes (DP-GEN's keys): `init_model` (--init-model from a checkpoint: training_iter0_model_path in
+iteration 1, the previous iteration's checkpoints after that, when training_init_model is true),
+`init_frz_model` (training_init_frozen_model), `finetune` (training_finetune_model), or `scratch`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from dflow.python import OP, OPIO, Artifact, OPIOSign
+
+from .data import find_systems
+
+BACKENDS = {
+    # flag, checkpoint files to keep, init-model argument inside a checkpoint dir, frozen model name
+    "tensorflow": ("--tf", ["checkpoint", "model.ckpt.*"], "model.ckpt", "graph.pb"),
+    "pytorch": ("--pt", ["checkpoint", "model.ckpt*.pt"], "model.ckpt.pt", "graph.pth"),
+}
+SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "DP_INTRA_OP_PARALLELISM_THREADS": "1", "DP_INTER_OP_PARALLELISM_THREADS": "1"}
+
+
+def system_paths(root: str | os.PathLike) -> list[str]:
+    """deepmd system paths below `root`, as `dp train` takes them (HDF5 as file#group)."""
+    out = []
+    for rel in find_systems(str(root)):
+        if rel.startswith("#"):
+            out.append(f"{root}{rel}")
+        elif "#" in rel:
+            f, g = rel.split("#", 1)
+            out.append(f"{os.path.join(str(root), f)}#{g}")
+        else:
+            out.append(os.path.normpath(os.path.join(str(root), rel)))
+    return out
+
+
+def _natoms(system: str) -> int:
+    if "#" in system:
+        import h5py
+
+        f, g = system.split("#", 1)
+        with h5py.File(f, "r") as h5:
+            return len(h5[g or "/"]["type.raw"][()])
+    return len(Path(system, "type.raw").read_text().split())
+
+
+def batch_size_of(spec, natoms: int) -> int:
+    """deepmd-kit's rule for "auto" / "auto:N" (frames such that frames * natoms >= N, N = 32), else the int."""
+    if isinstance(spec, str) and spec.startswith("auto"):
+        target = int(spec.split(":")[1]) if ":" in spec else 32
+        return max(1, -(-target // natoms))
+    return int(spec)
+
+
+def _batch_sizes(spec, systems: list[str]) -> list[int]:
+    specs = spec if isinstance(spec, list) else [spec]
+    specs = specs or ["auto"]
+    return [batch_size_of(specs[min(i, len(specs) - 1)], _natoms(s)) for i, s in enumerate(systems)]
+
+
+def set_training_data(jinput: dict, iter_systems: list[str], init_systems: list[str], sys_batch_size, init_batch_size) -> dict:
+    """Point training_data at the given systems; per-system batch sizes as DP-GEN sets them from
+    init_batch_size / sys_batch_size ("auto" resolved per system). A mixed batch size is kept."""
+    data = jinput["training"].setdefault("training_data", {})
+    data["systems"] = list(init_systems) + list(iter_systems)
+    if not str(data.get("batch_size", "")).startswith("mixed"):
+        data["batch_size"] = _batch_sizes(init_batch_size, init_systems) + _batch_sizes(sys_batch_size, iter_systems)
+    return jinput
+
+
+def train_command(backend: str, init_mode: str, init_model: Optional[Path], skip_neighbor_stat: bool) -> list[str]:
+    flag, _, ckpt_name, _ = BACKENDS[backend]
+    cmd = [sys.executable, "-m", "deepmd", flag, "train", "input.json"]
+    if init_mode == "init_model":
+        cmd += ["--init-model", str(Path(init_model) / ckpt_name) if Path(init_model).is_dir() else str(init_model)]
+    elif init_mode == "init_frz_model":
+        cmd += ["--init-frz-model", str(init_model)]
+    elif init_mode == "finetune":
+        cmd += ["--finetune", str(init_model)]
+    elif init_mode != "scratch":
+        raise ValueError(f"unknown init mode {init_mode!r}")
+    if skip_neighbor_stat:
+        cmd.append("--skip-neighbor-stat")
+    return cmd
+
+
+def run_dp_train(workdir: Path, backend: str, init_mode: str, init_model: Optional[Path],
+                 skip_neighbor_stat: bool = False, env: Optional[dict] = None) -> dict[str, Path]:
+    """Train and freeze in `workdir` (holding input.json); returns the produced files."""
+    flag, keep, _, frozen = BACKENDS[backend]
+    run_env = {**os.environ, **SINGLE_THREAD, **(env or {})}
+    with open(workdir / "train.log", "w") as log:
+        for cmd in (train_command(backend, init_mode, init_model, skip_neighbor_stat),
+                    [sys.executable, "-m", "deepmd", flag, "freeze", "-o", frozen]):
+            log.write("$ " + " ".join(cmd) + "\n")
+            log.flush()
+            ret = subprocess.run(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=run_env)
+            if ret.returncode != 0:
+                tail = "".join((workdir / "train.log").read_text().splitlines(keepends=True)[-20:])
+                raise RuntimeError(f"`{' '.join(cmd)}` failed with exit code {ret.returncode}:\n{tail}")
+    ckpt = workdir / "checkpoint_files"
+    ckpt.mkdir(exist_ok=True)
+    for pattern in keep:
+        for f in glob.glob(str(workdir / pattern)):
+            shutil.copy2(os.path.realpath(f), ckpt / os.path.basename(f))
+    return {"model": workdir / frozen, "checkpoint": ckpt, "lcurve": workdir / "lcurve.out", "log": workdir / "train.log"}
+
+
+class RunTrain(OP):
+    """Train one model of the ensemble with deepmd-kit and freeze it."""
+
+    @classmethod
+    def get_input_sign(cls):
+        return OPIOSign({
+            "task_name": str,
+            "task_path": Artifact(Path),
+            "init_model": Artifact(Path),
+            "iter_data": Artifact(Path),
+            "init_data": Artifact(List[Path], optional=True),
+            "config": dict,
+        })
+
+    @classmethod
+    def get_output_sign(cls):
+        return OPIOSign({"model": Artifact(Path), "checkpoint": Artifact(Path), "lcurve": Artifact(Path), "log": Artifact(Path)})
+
+    @OP.exec_sign_check
+    def execute(self, ip: OPIO) -> OPIO:
+        cfg = ip["config"]
+        work = Path(ip["task_name"])
+        shutil.copytree(ip["task_path"], work, dirs_exist_ok=True)
+        jinput = json.loads((work / "input.json").read_text())
+        init_systems = [s for p in (ip["init_data"] or []) for s in system_paths(Path(p).resolve())]
+        iter_systems = system_paths(Path(ip["iter_data"]).resolve())
+        set_training_data(jinput, iter_systems, init_systems, cfg.get("sys_batch_size"), cfg.get("init_batch_size"))
+        (work / "input.json").write_text(json.dumps(jinput, indent=2))
+        init_model = Path(ip["init_model"]).resolve()
+        if init_model.is_dir() and cfg["init_mode"] in ("init_frz_model", "finetune"):
+            files = sorted(p for p in init_model.iterdir() if p.is_file())
+            init_model = files[0]
+        out = run_dp_train(work, cfg["backend"], cfg["init_mode"], init_model, cfg.get("skip_neighbor_stat", False),
+                           cfg.get("envs"))
+        return OPIO(out)

@@ -1,0 +1,1 @@
+"""Config, super-OP, workflow building and the command line."""

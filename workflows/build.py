@@ -1,0 +1,126 @@
+"""Build the dflow Workflow from a validated config. Call only after the dflow mode is set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dflow import Step, Workflow, upload_artifact
+
+from dflow_simplify.ops.data import LoopState
+from dflow_simplify.ops.select_confs import iter_name
+
+from .config import SimplifyConfig
+from .superop import SimplifyIteration, fp_step, select_step
+
+STAGES = ("prep_train", "run_train", "model_devi", "select_confs", "run_fp")
+LOOP_KEY = iter_name(1) + "--iteration"
+
+
+def template_config_from(step_configs: dict):
+    """PythonOPTemplate keyword arguments of a stage from `step_configs` (DPGEN2's names)."""
+
+    def template_config(stage: str) -> dict:
+        sc = dict(step_configs.get(stage, {}))
+        out = {"upload_dflow": False}  # every image and the local venv have dflow installed
+        tc = sc.get("template_config", {})
+        if tc.get("image"):
+            out["image"] = tc["image"]
+        if sc.get("envs"):
+            out["envs"] = sc["envs"]
+        return out
+
+    return template_config
+
+
+def loop_parameters(cfg: SimplifyConfig) -> dict:
+    j = cfg.jdata
+    sc = j["step_configs"]
+    train = {
+        "backend": j["train_backend"],
+        "init_mode": cfg.init_mode,
+        "sys_batch_size": j["sys_batch_size"],
+        "init_batch_size": j["init_batch_size"],
+        "skip_neighbor_stat": j["dp_train_skip_neighbor_stat"],
+        "envs": sc.get("run_train", {}).get("envs", {}),
+    }
+    return {
+        "iter_index": 1,
+        "iter_name": iter_name(1),
+        "numb_models": j["numb_models"],
+        "train_template": j["default_training_param"],
+        "train_options": {
+            "type_map": j["type_map"],
+            "seed": j["pick_seed"],
+            "activation_func": j["model_devi_activation_func"],
+            "reuse_iter": j["training_reuse_iter"],
+            "reuse": {"numb_steps": j["training_reuse_numb_steps"], "start_lr": j["training_reuse_start_lr"],
+                      "start_pref_e": j["training_reuse_start_pref_e"], "start_pref_f": j["training_reuse_start_pref_f"]},
+        },
+        "train_config": train,
+        "next_train_config": dict(train, init_mode="init_model" if j["training_init_model"] else "scratch"),
+        "select_params": select_parameters(cfg),
+        "type_map": j["type_map"],
+        "fp_style": cfg.fp_style,
+        "fp_params": j["fp_params"],
+        "model_devi_batch_size": int(sc.get("model_devi", {}).get("batch_size", 256)),
+    }
+
+
+def select_parameters(cfg: SimplifyConfig) -> dict:
+    j = cfg.jdata
+    return {
+        "f_trust_lo": j["model_devi_f_trust_lo"], "f_trust_hi": j["model_devi_f_trust_hi"],
+        "e_trust_lo": j["model_devi_e_trust_lo"], "e_trust_hi": j["model_devi_e_trust_hi"],
+        "init_pick_number": j["init_pick_number"], "iter_pick_number": j["iter_pick_number"],
+        "fp_task_max": j.get("fp_task_max"), "fp_task_min": j.get("fp_task_min"),
+        "fp_accurate_threshold": j.get("fp_accurate_threshold"),
+        "fp_accurate_soft_threshold": j.get("fp_accurate_soft_threshold"),
+        "seed": j["pick_seed"], "stop_iter": j.get("stop_iter"),
+        "group_size": int(j["step_configs"].get("run_fp", {}).get("group_size", 10)),
+    }
+
+
+def _placeholder_models(n: int, where: Path) -> list[str]:
+    """Training from scratch still slices over one 'starting model' per task: empty folders."""
+    dirs = []
+    for i in range(n):
+        d = where / ("%03d" % i)
+        d.mkdir(parents=True, exist_ok=True)
+        dirs.append(str(d))
+    return dirs
+
+
+def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLike, workflow_id: str | None = None) -> Workflow:
+    """The whole simplify workflow: iteration 0 (random pick, relabel), then the recursive loop."""
+    staging = Path(staging_dir)
+    staging.mkdir(parents=True, exist_ok=True)
+    LoopState.initial(cfg.systems).dump(staging / "state0.json")
+    params = loop_parameters(cfg)
+    tconf = template_config_from(cfg.jdata["step_configs"])
+
+    pick_data = upload_artifact(cfg.pick_roots)
+    state0 = upload_artifact(str(staging / "state0.json"))
+    models0 = cfg.iter0_models or _placeholder_models(cfg.jdata["numb_models"], staging / "no-model")
+    init_models = upload_artifact(models0)
+
+    key0 = iter_name(0)
+    select0 = select_step("iter0-select-confs", key0, state0, None, params["select_params"], 0, tconf)
+    fp0 = fp_step("iter0-run-fp", key0, select0, pick_data, params["type_map"], params["fp_style"],
+                  params["fp_params"], tconf)
+    artifacts = {"pick_data": pick_data, "state": select0.outputs.artifacts["state"], "init_models": init_models,
+                 "new_data": fp0.outputs.artifacts["labeled_data"]}
+    if cfg.init_data:
+        artifacts["init_data"] = upload_artifact(cfg.init_data)
+    loop = Step(
+        "simplify-loop",
+        template=SimplifyIteration("simplify-iteration", tconf),
+        parameters=params,
+        artifacts=artifacts,
+        key=LOOP_KEY,
+        when=f"{select0.outputs.parameters['go_on']} == true",
+    )
+    wf = Workflow(name=name, id=workflow_id)
+    for step in (select0, fp0, loop):
+        wf.add(step)
+    return wf

@@ -1,0 +1,282 @@
+"""The one place where a config is read: DP-GEN simplify keys + DPGEN2-style workflow settings.
+
+`load_config(path)` returns a validated, normalized `SimplifyConfig` or raises `ConfigError` naming
+the key (or file) and what was expected. Relative paths are taken from the config file's folder.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dargs import Argument
+
+from dflow_simplify.ops.data import count_frames, expand_roots, find_systems
+from dflow_simplify.ops.fp.base import ENGINES, get_engine
+
+NUM = [float, int]
+BIG = 1e10  # DP-GEN's "no limit" for trust levels
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and what was expected."""
+
+
+def _simplify_args() -> list[Argument]:
+    a = Argument
+    return [
+        # basics and data (dpgen/generator/arginfo.py: basic_args, data_args)
+        a("type_map", list, doc="element names, in the order of the models"),
+        a("mass_map", [list, str], optional=True, default="auto"),
+        a("use_ele_temp", int, optional=True, default=0),
+        a("init_data_prefix", str, optional=True, default=""),
+        a("init_data_sys", list, optional=True, default=[]),
+        a("init_batch_size", [list, str, int], optional=True, default="auto"),
+        a("sys_format", str, optional=True, default="vasp/poscar"),
+        a("sys_configs_prefix", str, optional=True, default=""),
+        a("sys_configs", list, optional=True, default=[]),
+        a("sys_batch_size", [list, str, int], optional=True, default="auto"),
+        # simplify (dpgen/simplify/arginfo.py)
+        a("labeled", bool, optional=True, default=False),
+        a("pick_data", [str, list]),
+        a("init_pick_number", int),
+        a("iter_pick_number", int),
+        a("model_devi_f_trust_lo", NUM, alias=["f_trust_lo"]),
+        a("model_devi_f_trust_hi", NUM, alias=["f_trust_hi"]),
+        a("model_devi_e_trust_lo", NUM, optional=True, default=BIG, alias=["e_trust_lo"]),
+        a("model_devi_e_trust_hi", NUM, optional=True, default=BIG, alias=["e_trust_hi"]),
+        a("model_devi_activation_func", [list, type(None)], optional=True, default=None),
+        a("model_devi_engine", str, optional=True, default="lammps"),
+        a("pick_seed", int, optional=True, default=0, doc="seed of the random picks (DP-GEN's are unseeded)"),
+        # training (training_args_dp)
+        a("mlp_engine", str, optional=True, default="dp"),
+        a("numb_models", int),
+        a("train_backend", str, optional=True, default="tensorflow"),
+        a("training_iter0_model_path", [list, str], optional=True, default=[]),
+        a("training_init_model", bool, optional=True, default=False),
+        a("training_init_frozen_model", [list, str], optional=True, default=[]),
+        a("training_finetune_model", [list, str], optional=True, default=[]),
+        a("default_training_param", dict),
+        a("dp_train_skip_neighbor_stat", bool, optional=True, default=False),
+        a("dp_compress", bool, optional=True, default=False),
+        a("training_reuse_iter", [int, type(None)], optional=True, default=None),
+        a("training_reuse_old_ratio", [str, float], optional=True, default="auto"),
+        a("training_reuse_numb_steps", [int, type(None)], optional=True, default=None, alias=["training_reuse_stop_batch"]),
+        a("training_reuse_start_lr", [float, type(None)], optional=True, default=None),
+        a("training_reuse_start_pref_e", [float, int, type(None)], optional=True, default=None),
+        a("training_reuse_start_pref_f", [float, int, type(None)], optional=True, default=None),
+        a("srtab_file_path", str, optional=True),
+        a("one_h5", bool, optional=True, default=False),
+        # fp (fp_args and the fp_style variants' keys)
+        a("fp_style", str, optional=True, default="none"),
+        a("fp_params", dict, optional=True, default={}),
+        a("fp_task_max", int, optional=True),
+        a("fp_task_min", int, optional=True),
+        a("fp_accurate_threshold", NUM, optional=True),
+        a("fp_accurate_soft_threshold", NUM, optional=True),
+        a("ratio_failed", NUM, optional=True),
+        a("fp_skip_bad_box", str, optional=True),
+        a("fp_pp_path", str, optional=True),
+        a("fp_pp_files", list, optional=True),
+        a("fp_incar", str, optional=True),
+        a("fp_aniso_kspacing", list, optional=True),
+        a("cvasp", bool, optional=True),
+        a("user_fp_params", dict, optional=True),
+        a("external_input_path", str, optional=True),
+        a("use_clusters", bool, optional=True),
+        a("cluster_cutoff", NUM, optional=True),
+        a("stop_iter", int, optional=True, doc="stop after this many training iterations"),
+        # workflow settings, DPGEN2's names
+        a("dflow_config", dict, optional=True, default={}),
+        a("dflow_s3_config", dict, optional=True, default={}),
+        a("step_configs", dict, optional=True, default={}),
+    ]
+
+
+def config_args() -> Argument:
+    return Argument("simplify", dict, sub_fields=_simplify_args())
+
+
+@dataclass
+class SimplifyConfig:
+    """A validated config: normalized keys plus resolved absolute paths."""
+
+    jdata: dict
+    base_dir: Path
+    pick_roots: list[str] = field(default_factory=list)
+    systems: dict[str, int] = field(default_factory=dict)  # system key -> frames
+    init_data: list[str] = field(default_factory=list)
+    iter0_models: list[str] = field(default_factory=list)
+    init_mode: str = "scratch"
+
+    @property
+    def fp_style(self) -> str:
+        return "none" if self.jdata["labeled"] else self.jdata["fp_style"]
+
+    @property
+    def n_frames(self) -> int:
+        return sum(self.systems.values())
+
+
+def _as_list(value) -> list:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a JSON object at the top level")
+    return data
+
+
+def normalize(raw: dict) -> dict:
+    arg = config_args()
+    try:
+        data = arg.normalize_value(raw, trim_pattern="_*")
+        arg.check_value(data, strict=True)
+    except Exception as e:  # dargs says which key and what it expected
+        raise ConfigError(f"config: {e}".replace("[at root location] ", "").replace("[at location `simplify`] ", "")) from None
+    return data
+
+
+def _check_numbers(j: dict) -> None:
+    for key in ("numb_models", "init_pick_number", "iter_pick_number"):
+        if j[key] < 1:
+            raise ConfigError(f"{key}: expected a positive integer, got {j[key]}")
+    for q in ("f", "e"):
+        lo, hi = j[f"model_devi_{q}_trust_lo"], j[f"model_devi_{q}_trust_hi"]
+        if lo < 0 or lo > hi:
+            raise ConfigError(f"model_devi_{q}_trust_lo ({lo}) must be >= 0 and <= model_devi_{q}_trust_hi ({hi})")
+    if j["train_backend"] not in ("tensorflow", "pytorch"):
+        raise ConfigError(f"train_backend: expected 'tensorflow' or 'pytorch', got {j['train_backend']!r}")
+    if j["mlp_engine"] != "dp":
+        raise ConfigError(f"mlp_engine: only 'dp' (DeePMD-kit) is supported, got {j['mlp_engine']!r}")
+    if j["dp_compress"]:
+        raise ConfigError("dp_compress: true is not supported yet; set it to false")
+    acts = j["model_devi_activation_func"]
+    if acts is not None and (len(acts) != j["numb_models"] or any(len(x) != 2 for x in acts)):
+        raise ConfigError(f"model_devi_activation_func: expected {j['numb_models']} pairs [descriptor, fitting]")
+    tm = j["default_training_param"].get("model", {}).get("type_map")
+    if tm is not None and list(tm) != list(j["type_map"]):
+        raise ConfigError(f"default_training_param.model.type_map {tm} differs from type_map {j['type_map']}")
+    if "training" not in j["default_training_param"]:
+        raise ConfigError("default_training_param: expected a deepmd-kit input with a 'training' section")
+
+
+def _check_engine(j: dict) -> None:
+    style = "none" if j["labeled"] else j["fp_style"]
+    try:
+        engine = get_engine(style)
+    except KeyError:
+        raise ConfigError(f"fp_style: {style!r} is not available; expected one of {sorted(ENGINES)} "
+                          "(or labeled: true when pick_data already carries the new labels)") from None
+    arg = Argument("fp_params", dict, sub_fields=engine.params_args())
+    try:
+        j["fp_params"] = arg.normalize_value(j["fp_params"], trim_pattern="_*")
+        arg.check_value(j["fp_params"], strict=True)
+    except Exception as e:
+        raise ConfigError(f"fp_params for fp_style {style!r}: {e}") from None
+
+
+def _resolve_pick_data(cfg: SimplifyConfig) -> None:
+    j = cfg.jdata
+    patterns = _as_list(j["pick_data"])
+    cfg.pick_roots = expand_roots(patterns, cfg.base_dir)
+    if not cfg.pick_roots:
+        raise ConfigError(f"pick_data: no file or folder matches {patterns} (relative to {cfg.base_dir})")
+    engine = get_engine(cfg.fp_style)
+    for i, root in enumerate(cfg.pick_roots):
+        names = find_systems(root)
+        if not names:
+            raise ConfigError(f"pick_data: {root} holds no deepmd/npy or deepmd/hdf5 system (no type.raw found)")
+        for name in names:
+            key = f"{i}/{name}"
+            _check_system(cfg, key, root, name, needs_labels=engine.needs_input_labels)
+            cfg.systems[key] = count_frames(cfg.pick_roots, key)
+
+
+def _check_system(cfg: SimplifyConfig, key: str, root: str, name: str, needs_labels: bool) -> None:
+    if "#" in name:
+        return  # HDF5: dpdata checks it when the system is read
+    sys_dir = Path(root, name)
+    tm_file = sys_dir / "type_map.raw"
+    types = [int(t) for t in (sys_dir / "type.raw").read_text().split()]
+    if tm_file.exists():
+        names = tm_file.read_text().split()
+        unknown = sorted({names[t] for t in types} - set(cfg.jdata["type_map"]))
+        if unknown:
+            raise ConfigError(f"pick_data: system {sys_dir} has element(s) {unknown} not in type_map {cfg.jdata['type_map']}")
+    elif types and max(types) >= len(cfg.jdata["type_map"]):
+        raise ConfigError(f"pick_data: system {sys_dir} uses type {max(types)} but type_map has {len(cfg.jdata['type_map'])} elements")
+    if not glob.glob(str(sys_dir / "set.*" / "box.npy")):
+        raise ConfigError(f"pick_data: system {sys_dir} has no set.*/box.npy")
+    if needs_labels:
+        for arr in ("energy.npy", "force.npy"):
+            if not glob.glob(str(sys_dir / "set.*" / arr)):
+                what = "labeled: true" if cfg.jdata["labeled"] else f"fp_style {cfg.fp_style!r}"
+                raise ConfigError(f"pick_data: system {sys_dir} lacks {arr}, which {what} needs")
+
+
+def _resolve_models(cfg: SimplifyConfig) -> None:
+    j = cfg.jdata
+    n = j["numb_models"]
+    backend = j["train_backend"]
+    choices = [("training_finetune_model", "finetune"), ("training_init_frozen_model", "init_frz_model")]
+    for key, mode in choices:
+        if j[key]:
+            files = [os.path.join(cfg.base_dir, f) for f in _as_list(j[key])]
+            missing = [f for f in files if not os.path.isfile(f)]
+            if missing:
+                raise ConfigError(f"{key}: file(s) not found: {missing}")
+            if len(files) != n:
+                raise ConfigError(f"{key}: expected numb_models = {n} files, got {len(files)}")
+            if mode == "finetune" and backend == "pytorch" and not all(f.endswith(".pt") for f in files):
+                raise ConfigError(f"{key}: the pytorch backend finetunes from .pt checkpoints, not frozen .pth files")
+            cfg.iter0_models, cfg.init_mode = [os.path.abspath(f) for f in files], mode
+            return
+    if j["training_init_model"]:
+        dirs = []
+        for pattern in _as_list(j["training_iter0_model_path"]):
+            dirs += sorted(glob.glob(os.path.join(cfg.base_dir, pattern)))
+        if len(dirs) != n:
+            raise ConfigError(f"training_iter0_model_path: expected numb_models = {n} training folders, "
+                              f"found {len(dirs)} matching {j['training_iter0_model_path']}")
+        ckpt = "model.ckpt.index" if backend == "tensorflow" else "model.ckpt.pt"
+        for d in dirs:
+            if not glob.glob(os.path.join(d, ckpt)) and not glob.glob(os.path.join(d, "model.ckpt*.pt")):
+                raise ConfigError(f"training_iter0_model_path: {d} holds no {backend} checkpoint ({ckpt})")
+        cfg.iter0_models, cfg.init_mode = [os.path.abspath(d) for d in dirs], "init_model"
+
+
+def _resolve_init_data(cfg: SimplifyConfig) -> None:
+    j = cfg.jdata
+    for entry in j["init_data_sys"]:
+        matches = sorted(glob.glob(os.path.join(cfg.base_dir, j["init_data_prefix"], entry)))
+        if not matches:
+            raise ConfigError(f"init_data_sys: {entry!r} (prefix {j['init_data_prefix']!r}) matches nothing")
+        cfg.init_data += [os.path.abspath(m) for m in matches]
+
+
+def load_config(path: str | os.PathLike) -> SimplifyConfig:
+    path = Path(path).resolve()
+    raw = _read_json(path)
+    return validate(raw, path.parent)
+
+
+def validate(raw: dict, base_dir: str | os.PathLike) -> SimplifyConfig:
+    jdata = normalize(raw)
+    _check_numbers(jdata)
+    _check_engine(jdata)
+    cfg = SimplifyConfig(jdata=jdata, base_dir=Path(base_dir).resolve())
+    _resolve_pick_data(cfg)
+    _resolve_init_data(cfg)
+    _resolve_models(cfg)
+    return cfg

@@ -1,0 +1,141 @@
+"""The simplify loop as dflow super-OPs: only wiring, no logic.
+
+`SimplifyIteration` (a Steps template) runs prep-train -> run-train (sliced over models) -> model-devi
+-> select-confs -> run-fp (sliced over frame groups) and then calls itself for the next iteration
+while select-confs says so. Step keys are `iter-000003--run-train-0001` and alike, so that a restarted
+or resubmitted workflow reuses every finished step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from dflow import InputArtifact, InputParameter, OutputArtifact, Step, Steps, argo_len, argo_sequence, if_expression
+from dflow.python import PythonOPTemplate, Slices
+
+from dflow_simplify.ops.model_devi import ModelDevi
+from dflow_simplify.ops.prep_train import PrepTrain
+from dflow_simplify.ops.run_fp import RunFP
+from dflow_simplify.ops.run_train import RunTrain
+from dflow_simplify.ops.select_confs import SelectConfs
+
+# name of a stage -> PythonOPTemplate keyword arguments (image, envs, ...), from step_configs
+TemplateConfig = Callable[[str], dict]
+
+LOOP_PARAMETERS = ("iter_index", "iter_name", "numb_models", "train_template", "train_options", "train_config",
+                   "next_train_config", "select_params", "type_map", "fp_style", "fp_params", "model_devi_batch_size")
+
+
+def fp_step(name: str, key_prefix: str, select: Step, pick_data, type_map, fp_style, fp_params,
+            template_config: TemplateConfig) -> Step:
+    """RunFP sliced over the groups of frames select-confs picked; runs only when the loop goes on."""
+    return Step(
+        name,
+        template=PythonOPTemplate(
+            RunFP,
+            slices=Slices("int('{{item}}')", input_parameter=["frame_ids"],
+                          output_artifact=["labeled_data", "failures"], output_parameter=["n_labeled", "n_failed"]),
+            **template_config("run_fp"),
+        ),
+        parameters={"frame_ids": select.outputs.parameters["fp_groups"], "type_map": type_map,
+                    "fp_style": fp_style, "fp_params": fp_params},
+        artifacts={"pick_data": pick_data},
+        with_sequence=argo_sequence(argo_len(select.outputs.parameters["fp_groups"]), format="%06d"),
+        key=f"{key_prefix}--run-fp-{{{{item}}}}",
+        when=f"{select.outputs.parameters['go_on']} == true",
+    )
+
+
+def select_step(name: str, key_prefix: str, state, model_devi, select_params, iter_index,
+                template_config: TemplateConfig) -> Step:
+    artifacts = {"state": state}
+    if model_devi is not None:
+        artifacts["model_devi"] = model_devi
+    return Step(
+        name,
+        template=PythonOPTemplate(SelectConfs, **template_config("select_confs")),
+        parameters={"select_params": select_params, "iter_index": iter_index},
+        artifacts=artifacts,
+        key=f"{key_prefix}--select-confs",
+    )
+
+
+class SimplifyIteration(Steps):
+    """One training iteration of simplify, recursing into the next one while frames are selected."""
+
+    def __init__(self, name: str, template_config: TemplateConfig):
+        super().__init__(name)
+        for p in LOOP_PARAMETERS:
+            self.inputs.parameters[p] = InputParameter()
+        for a in ("pick_data", "state", "init_models"):
+            self.inputs.artifacts[a] = InputArtifact()
+        for a in ("iter_data", "new_data", "init_data"):
+            self.inputs.artifacts[a] = InputArtifact(optional=True)
+        for a in ("models", "checkpoints", "dataset"):
+            self.outputs.artifacts[a] = OutputArtifact()
+        self._build(template_config)
+
+    def _build(self, template_config: TemplateConfig) -> None:
+        par, art = self.inputs.parameters, self.inputs.artifacts
+        key = str(par["iter_name"])
+        prep = Step(
+            "prep-train",
+            template=PythonOPTemplate(PrepTrain, **template_config("prep_train")),
+            parameters={"template": par["train_template"], "numb_models": par["numb_models"],
+                        "iter_index": par["iter_index"], "options": par["train_options"]},
+            artifacts={"iter_data": art["iter_data"], "new_data": art["new_data"]},
+            key=f"{key}--prep-train",
+        )
+        self.add(prep)
+        train = Step(
+            "run-train",
+            template=PythonOPTemplate(
+                RunTrain,
+                slices=Slices("int('{{item}}')", input_parameter=["task_name"],
+                              input_artifact=["task_path", "init_model"],
+                              output_artifact=["model", "checkpoint", "lcurve", "log"]),
+                **template_config("run_train"),
+            ),
+            parameters={"task_name": prep.outputs.parameters["task_names"], "config": par["train_config"]},
+            artifacts={"task_path": prep.outputs.artifacts["task_paths"], "init_model": art["init_models"],
+                       "iter_data": prep.outputs.artifacts["iter_data"], "init_data": art["init_data"]},
+            with_sequence=argo_sequence(argo_len(prep.outputs.parameters["task_names"]), format="%04d"),
+            key=f"{key}--run-train-{{{{item}}}}",
+        )
+        self.add(train)
+        devi = Step(
+            "model-devi",
+            template=PythonOPTemplate(ModelDevi, **template_config("model_devi")),
+            parameters={"type_map": par["type_map"], "batch_size": par["model_devi_batch_size"]},
+            artifacts={"models": train.outputs.artifacts["model"], "pick_data": art["pick_data"], "state": art["state"]},
+            key=f"{key}--model-devi",
+        )
+        self.add(devi)
+        select = select_step("select-confs", key, art["state"], devi.outputs.artifacts["model_devi"],
+                             par["select_params"], par["iter_index"], template_config)
+        self.add(select)
+        fp = fp_step("run-fp", key, select, art["pick_data"], par["type_map"], par["fp_style"], par["fp_params"],
+                     template_config)
+        self.add(fp)
+        next_parameters = {p: par[p] for p in LOOP_PARAMETERS}
+        next_parameters.update(iter_index=select.outputs.parameters["next_iter_index"],
+                               iter_name=select.outputs.parameters["next_iter_name"],
+                               train_config=par["next_train_config"])
+        nxt = Step(
+            "next-iteration",
+            template=self,
+            parameters=next_parameters,
+            artifacts={"pick_data": art["pick_data"], "state": select.outputs.artifacts["state"],
+                       "init_models": train.outputs.artifacts["checkpoint"], "iter_data": prep.outputs.artifacts["iter_data"],
+                       "new_data": fp.outputs.artifacts["labeled_data"], "init_data": art["init_data"]},
+            when=f"{select.outputs.parameters['go_on']} == true",
+            key=f"{key}--next-iteration",
+        )
+        self.add(nxt)
+        go_on = select.outputs.parameters["go_on"] == True  # noqa: E712  (an Argo expression, not Python)
+        self.outputs.artifacts["models"].from_expression = if_expression(
+            _if=go_on, _then=nxt.outputs.artifacts["models"], _else=train.outputs.artifacts["model"])
+        self.outputs.artifacts["checkpoints"].from_expression = if_expression(
+            _if=go_on, _then=nxt.outputs.artifacts["checkpoints"], _else=train.outputs.artifacts["checkpoint"])
+        self.outputs.artifacts["dataset"].from_expression = if_expression(
+            _if=go_on, _then=nxt.outputs.artifacts["dataset"], _else=prep.outputs.artifacts["iter_data"])
