@@ -21,7 +21,7 @@ TASK_PATTERN = "%04d"
 
 def make_train_input(template: dict, index: int, iter_index: int, options: dict) -> dict:
     """The deepmd-kit input of model `index`: own seeds, DP-GEN's per-model activation functions and,
-    when starting from older models, DP-GEN's `training_reuse_*` overrides."""
+    from iteration `training_reuse_iter` on, DP-GEN's `training_reuse_*` overrides."""
     jinput = copy.deepcopy(template)
     model = jinput.setdefault("model", {})
     if options.get("type_map"):
@@ -37,7 +37,8 @@ def make_train_input(template: dict, index: int, iter_index: int, options: dict)
     if acts:
         model["descriptor"]["activation_function"] = acts[index][0]
         model["fitting_net"]["activation_function"] = acts[index][1]
-    if options.get("init_from_old"):
+    reuse_iter = options.get("reuse_iter")
+    if reuse_iter is not None and iter_index >= reuse_iter:  # DP-GEN's training_reuse_iter
         reuse = options.get("reuse", {})
         if reuse.get("numb_steps") is not None:
             training.pop("stop_batch", None)

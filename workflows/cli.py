@@ -29,7 +29,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def workflow_name(config_path: Path) -> str:
-    stem = "".join(c if c.isalnum() else "-" for c in config_path.stem.lower()).strip("-") or "run"
+    """simplify-<config name>, or simplify-<folder> for generic names like config.json."""
+    stem = config_path.stem
+    if stem.lower() in ("config", "simplify", "input", "param", "params"):
+        stem = config_path.resolve().parent.name
+    stem = "".join(c if c.isalnum() else "-" for c in stem.lower()).strip("-") or "run"
     return f"simplify-{stem}"[:40].rstrip("-")
 
 

@@ -1,0 +1,31 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "ag-au-emt-d3"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="session")
+def example() -> Path:
+    """The Ag-Au example with its data and four original models (trained once, ~2 min)."""
+    subprocess.run([sys.executable, str(EXAMPLE / "make_example.py")], check=True)
+    return EXAMPLE
+
+
+def run_cli(args, **kw):
+    return subprocess.run([sys.executable, str(ROOT / "submit_simplify.py"), *map(str, args)],
+                          capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="session")
+def example_run(example, tmp_path_factory) -> Path:
+    """The example run end to end in local mode, once for the session."""
+    out = tmp_path_factory.mktemp("example-run")
+    proc = run_cli([example / "config.json", "-o", out])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out

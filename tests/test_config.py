@@ -1,0 +1,99 @@
+"""Config: DP-GEN's own simplify.json accepted as is; malformed configs rejected with the key named."""
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dflow_simplify.workflows.cli import main
+from dflow_simplify.workflows.config import ConfigError, load_config, validate
+
+DATA = Path(__file__).parent / "data"
+
+
+def _mapbi3(tmp_path, **changes) -> Path:
+    shutil.copytree(DATA / "mapbi3", tmp_path / "mapbi3")
+    cfg_path = tmp_path / "mapbi3" / "simplify_example" / "simplify.json"
+    j = json.loads(cfg_path.read_text())
+    j.update(changes)
+    out = cfg_path.with_name("config.json")
+    out.write_text(json.dumps(j))
+    return out
+
+
+def test_dpgen_mapbi3_config_passes_check_with_dftd3(tmp_path, capsys):
+    path = _mapbi3(tmp_path, fp_style="dftd3")
+    assert main([str(path), "--check"]) == 0
+    cfg = load_config(path)
+    assert cfg.systems == {"0/sys.000": 12, "0/sys.001": 12}
+    assert cfg.jdata["model_devi_f_trust_lo"] == 0.3 and cfg.jdata["model_devi_e_trust_hi"] == 1e10
+    assert cfg.init_mode == "scratch"  # that config names no training_iter0_model_path
+    assert "24 frames" in capsys.readouterr().out
+
+
+def test_dpgen_mapbi3_config_with_vasp_names_the_missing_engine(tmp_path, capsys):
+    assert main([str(_mapbi3(tmp_path)), "--check"]) == 2
+    assert "fp_style: 'vasp' is not available" in capsys.readouterr().err
+
+
+def test_legacy_trust_keys_and_dpgen_014_list_forms(example):
+    j = json.loads((example / "config.json").read_text())
+    j["f_trust_lo"] = j.pop("model_devi_f_trust_lo")
+    j["f_trust_hi"] = j.pop("model_devi_f_trust_hi")
+    j["e_trust_lo"], j["e_trust_hi"] = 0.05, 0.5
+    j["pick_data"] = ["data/pick"]
+    j["sys_batch_size"] = [2]
+    cfg = validate(j, example)
+    assert cfg.jdata["model_devi_f_trust_lo"] == 0.17 and cfg.jdata["model_devi_e_trust_hi"] == 0.5
+    assert len(cfg.iter0_models) == 4 and cfg.init_mode == "init_model"
+    j["training_iter0_model_path"] = "models/00*"  # the string form too
+    assert len(validate(j, example).iter0_models) == 4
+
+
+MALFORMED = [
+    ("unknown key", lambda j: j.update(pick_numbr=3), "pick_numbr"),
+    ("wrong type", lambda j: j.update(init_pick_number="ten"), "init_pick_number"),
+    ("missing key", lambda j: j.pop("numb_models"), "numb_models"),
+    ("f lo > hi", lambda j: j.update(model_devi_f_trust_lo=2.0, model_devi_f_trust_hi=1.0), "model_devi_f_trust_lo"),
+    ("e lo > hi", lambda j: j.update(model_devi_e_trust_lo=2.0, model_devi_e_trust_hi=1.0), "model_devi_e_trust_lo"),
+    ("no pick data", lambda j: j.update(pick_data="data/nowhere"), "pick_data"),
+    ("type_map mismatch", lambda j: j.update(type_map=["Ag", "Cu"]), "type_map"),
+    ("model count", lambda j: j.update(numb_models=3), "training_iter0_model_path"),
+    ("bad backend", lambda j: j.update(train_backend="jax"), "train_backend"),
+    ("bad fp_params", lambda j: j.update(fp_params={"method": "pbe", "dampng": "d3bj"}), "dampng"),
+    ("negative pick", lambda j: j.update(iter_pick_number=0), "iter_pick_number"),
+]
+
+
+@pytest.mark.parametrize("what,change,key", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_config_is_rejected_naming_the_key(example, tmp_path, capsys, what, change, key):
+    j = json.loads((example / "config.json").read_text())
+    change(j)
+    for sub in ("data", "models"):
+        (tmp_path / sub).symlink_to(example / sub)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(j))
+    assert main([str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and key in err, err
+
+
+def test_not_json_and_missing_file(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main([str(bad), "--check"]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main([str(tmp_path / "none.json"), "--check"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_labeled_mode_needs_labels(tmp_path):
+    shutil.copytree(DATA / "mapbi3", tmp_path / "m")
+    for f in (tmp_path / "m" / "data").rglob("force.npy"):
+        f.unlink()
+    j = json.loads((DATA / "mapbi3/simplify_example/simplify.json").read_text())
+    j.update(labeled=True)
+    with pytest.raises(ConfigError, match="lacks force.npy, which labeled: true needs"):
+        validate(copy.deepcopy(j), tmp_path / "m" / "simplify_example")

@@ -1,0 +1,65 @@
+"""PrepTrain and RunTrain functions on real deepmd-kit training (TensorFlow backend, a few steps)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from dflow_simplify.ops.prep_train import gather_iter_data, make_train_input
+from dflow_simplify.ops.run_train import batch_size_of, run_dp_train, set_training_data, system_paths
+
+
+def test_train_inputs_differ_in_seeds_and_follow_dpgen_options():
+    template = json.loads((__import__("pathlib").Path(__file__).parents[1] / "examples/ag-au-emt-d3/config.json")
+                          .read_text())["default_training_param"]
+    acts = [["tanh", "tanh"], ["tanh", "gelu"]]
+    a = make_train_input(template, 0, 1, {"activation_func": acts, "seed": 3})
+    b = make_train_input(template, 1, 1, {"activation_func": acts, "seed": 3})
+    assert a["training"]["seed"] != b["training"]["seed"]
+    assert a["model"]["descriptor"]["seed"] != b["model"]["descriptor"]["seed"]
+    assert b["model"]["fitting_net"]["activation_function"] == "gelu"
+    assert a["model"]["fitting_net"]["trainable"] == [False, False, True, True]
+    reuse = {"reuse_iter": 2, "reuse": {"numb_steps": 50, "start_lr": 1e-4, "start_pref_f": 10}}
+    assert make_train_input(template, 0, 1, reuse)["training"]["numb_steps"] == 400
+    later = make_train_input(template, 0, 2, reuse)
+    assert later["training"]["numb_steps"] == 50 and later["loss"]["start_pref_f"] == 10
+
+
+def test_batch_sizes_follow_deepmd_auto_rule():
+    assert batch_size_of("auto", 32) == 1 and batch_size_of("auto", 5) == 7 and batch_size_of("auto:64", 32) == 2
+    assert batch_size_of(3, 32) == 3
+
+
+def _ckpt_vars(prefix):
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map() if "Adam" not in n}
+
+
+@pytest.mark.slow
+def test_init_model_training_honours_trainable_lists(example, tmp_path):
+    """descriptor trainable false, fitting [false, false, true, true]: only the last hidden and output layers move."""
+    data = tmp_path / "iter_data"
+    n = gather_iter_data(None, [example / "data" / "holdout"], data, 1)
+    assert n == 2
+    template = json.loads((example / "config.json").read_text())["default_training_param"]
+    jinput = make_train_input(template, 0, 1, {"type_map": ["Ag", "Au"]})
+    jinput["training"].update(numb_steps=60, disp_freq=20, save_freq=60)
+    set_training_data(jinput, system_paths(data), [], "auto", "auto")
+    work = tmp_path / "task"
+    work.mkdir()
+    (work / "input.json").write_text(json.dumps(jinput))
+    out = run_dp_train(work, "tensorflow", "init_model", example / "models" / "000")
+    assert out["model"].exists() and out["lcurve"].exists()
+    before = _ckpt_vars(example / "models" / "000" / "model.ckpt")
+    after = _ckpt_vars(out["checkpoint"] / "model.ckpt")
+    changed = {n for n in before if n in after and before[n].shape == after[n].shape
+               and not np.array_equal(before[n], after[n])}
+    frozen = [n for n in before if n.startswith(("filter_type", "layer_0_type", "layer_1_type"))]
+    moving = [n for n in before if n.startswith(("layer_2_type", "final_layer_type"))]
+    assert frozen and moving
+    assert not changed & set(frozen), sorted(changed & set(frozen))
+    assert set(moving) <= changed
+    shutil.rmtree(work)
