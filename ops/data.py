@@ -137,10 +137,6 @@ def write_frame_ids(path: str | os.PathLike, ids: dict[str, list[int]]) -> None:
     Path(path).write_text(json.dumps(ids))
 
 
-def read_frame_ids(path: str | os.PathLike) -> dict[str, list[int]]:
-    return json.loads(Path(path).read_text())
-
-
 def iter_frames(roots, ids: dict[str, list[int]], type_map, labeled: bool):
     """Yield (system key, frame ids, dpdata system restricted to those frames), one system at a time."""
     for key in sorted(ids):
@@ -158,14 +154,3 @@ def save_labeled(multi: dpdata.MultiSystems, sources: dict[str, list[tuple[str, 
     multi.to_deepmd_npy(str(out_dir), set_size=10**9)
     for name in multi.systems:
         Path(out_dir, name, "frame_ids.json").write_text(json.dumps(sources.get(name, [])))
-
-
-def read_labeled_dirs(paths: list[str | os.PathLike], type_map: list[str]) -> dpdata.MultiSystems:
-    """Every deepmd/npy system below the given dirs, as one MultiSystems."""
-    multi = dpdata.MultiSystems(type_map=type_map)
-    for p in paths:
-        for rel in find_systems(str(p)):
-            if "#" in rel:
-                continue
-            multi.append(dpdata.LabeledSystem(os.path.join(str(p), rel), fmt="deepmd/npy", type_map=type_map))
-    return multi

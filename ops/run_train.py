@@ -96,7 +96,7 @@ def run_dp_train(workdir: Path, backend: str, init_mode: str, init_model: Option
                  skip_neighbor_stat: bool = False, env: Optional[dict] = None) -> dict[str, Path]:
     """Train and freeze in `workdir` (holding input.json); returns the produced files."""
     flag, keep, _, frozen = BACKENDS[backend]
-    run_env = {**os.environ, **SINGLE_THREAD, **(env or {})}
+    run_env = {**SINGLE_THREAD, **os.environ, **(env or {})}  # one thread unless the user says otherwise
     with open(workdir / "train.log", "w") as log:
         for cmd in (train_command(backend, init_mode, init_model, skip_neighbor_stat),
                     [sys.executable, "-m", "deepmd", flag, "freeze", "-o", frozen]):

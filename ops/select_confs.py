@@ -20,7 +20,7 @@ from typing import List
 import numpy as np
 from dflow.python import OP, OPIO, Artifact, OPIOSign
 
-from .data import LoopState, flatten, group_ids, read_frame_ids, write_frame_ids
+from .data import LoopState, flatten, group_ids, write_frame_ids
 from .model_devi import read_model_devi
 
 FAILED, CANDIDATE, ACCURATE = "failed", "candidate", "accurate"
@@ -161,5 +161,3 @@ def split_groups(picked: dict[str, list[int]], group_size: int) -> list[dict[str
 def iter_name(index: int) -> str:
     return "iter-%06d" % index
 
-
-__all__ = ["TrustLevels", "classify", "pick_cap", "select", "SelectConfs", "read_frame_ids", "iter_name", "split_groups"]

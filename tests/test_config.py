@@ -64,6 +64,7 @@ MALFORMED = [
     ("bad backend", lambda j: j.update(train_backend="jax"), "train_backend"),
     ("bad fp_params", lambda j: j.update(fp_params={"method": "pbe", "dampng": "d3bj"}), "dampng"),
     ("negative pick", lambda j: j.update(iter_pick_number=0), "iter_pick_number"),
+    ("bad step config", lambda j: j.update(step_configs={"run_fp": {"group_size": 0}}), "step_configs.run_fp.group_size"),
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import threading
 import time
@@ -52,6 +53,10 @@ def summary(cfg: SimplifyConfig) -> str:
 
 def _set_local_mode(workdir: Path) -> None:
     from dflow import config as dflow_config
+
+    # dflow runs each OP as `python3` from PATH: make that this interpreter, venv activated or not
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     dflow_config["mode"] = "debug"
     dflow_config["debug_workdir"] = str(workdir.resolve())

@@ -171,6 +171,29 @@ def _check_numbers(j: dict) -> None:
         raise ConfigError("default_training_param: expected a deepmd-kit input with a 'training' section")
 
 
+STEP_CONFIG_KEYS = {
+    "prep_train": {"template_config", "envs"},
+    "run_train": {"template_config", "envs"},
+    "model_devi": {"template_config", "envs", "batch_size"},
+    "select_confs": {"template_config", "envs"},
+    "run_fp": {"template_config", "envs", "group_size"},
+}
+
+
+def _check_step_configs(j: dict) -> None:
+    for stage, conf in j["step_configs"].items():
+        if stage not in STEP_CONFIG_KEYS:
+            raise ConfigError(f"step_configs.{stage}: unknown stage; expected one of {sorted(STEP_CONFIG_KEYS)}")
+        if not isinstance(conf, dict):
+            raise ConfigError(f"step_configs.{stage}: expected an object, got {conf!r}")
+        unknown = sorted(set(conf) - STEP_CONFIG_KEYS[stage])
+        if unknown:
+            raise ConfigError(f"step_configs.{stage}: unknown key(s) {unknown}; expected {sorted(STEP_CONFIG_KEYS[stage])}")
+        for key in ("group_size", "batch_size"):
+            if key in conf and (not isinstance(conf[key], int) or conf[key] < 1):
+                raise ConfigError(f"step_configs.{stage}.{key}: expected a positive integer, got {conf[key]!r}")
+
+
 def _check_engine(j: dict) -> None:
     style = "none" if j["labeled"] else j["fp_style"]
     try:
@@ -274,6 +297,7 @@ def load_config(path: str | os.PathLike) -> SimplifyConfig:
 def validate(raw: dict, base_dir: str | os.PathLike) -> SimplifyConfig:
     jdata = normalize(raw)
     _check_numbers(jdata)
+    _check_step_configs(jdata)
     _check_engine(jdata)
     cfg = SimplifyConfig(jdata=jdata, base_dir=Path(base_dir).resolve())
     _resolve_pick_data(cfg)
