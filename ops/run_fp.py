@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import traceback
@@ -57,9 +58,12 @@ class RunFP(OP):
 
     @OP.exec_sign_check
     def execute(self, ip: OPIO) -> OPIO:
+        # slices' outputs are merged by path: name this group's folder after its (disjoint) frames
+        group = "group." + hashlib.sha1(json.dumps(ip["frame_ids"], sort_keys=True).encode()).hexdigest()[:12]
         multi, sources, failures = label_frames(
-            [str(r) for r in ip["pick_data"]], ip["frame_ids"], ip["type_map"], ip["fp_style"], ip["fp_params"], "tasks")
-        save_labeled(multi, sources, "labeled")
-        Path("failures.json").write_text(json.dumps(failures, indent=1))
-        return OPIO({"labeled_data": Path("labeled"), "failures": Path("failures.json"),
+            [str(r) for r in ip["pick_data"]], ip["frame_ids"], ip["type_map"], ip["fp_style"], ip["fp_params"],
+            Path(group, "tasks"))
+        save_labeled(multi, sources, Path("labeled", group))
+        Path(group, "failures.json").write_text(json.dumps(failures, indent=1))
+        return OPIO({"labeled_data": Path("labeled", group), "failures": Path(group, "failures.json"),
                      "n_labeled": multi.get_nframes(), "n_failed": len(failures)})
