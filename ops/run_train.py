@@ -78,7 +78,10 @@ def set_training_data(jinput: dict, iter_systems: list[str], init_systems: list[
 
 def train_command(backend: str, init_mode: str, init_model: Optional[Path], skip_neighbor_stat: bool) -> list[str]:
     flag, _, ckpt_name, _ = BACKENDS[backend]
-    cmd = [sys.executable, "-m", "deepmd", flag, "train", "input.json"]
+    if backend == "pytorch":  # deepmd-kit's PT backend needs help with per-layer trainable lists
+        cmd = [sys.executable, "-m", "dflow_simplify.ops.pt_train", "train", "input.json"]
+    else:
+        cmd = [sys.executable, "-m", "deepmd", flag, "train", "input.json"]
     if init_mode == "init_model":
         cmd += ["--init-model", str(Path(init_model) / ckpt_name) if Path(init_model).is_dir() else str(init_model)]
     elif init_mode == "init_frz_model":

@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian / Python 3.11 machine: a .venv at the repository root with the package,
-# DeePMD-kit on the TensorFlow (CPU) backend and the test tools. Safe to run again.
+# Set up a fresh Debian / Python 3.11 machine: a .venv at the repository root with the package and
+# DeePMD-kit 3.2.0 for both backends (TensorFlow CPU and PyTorch CPU) and the test tools. Safe to re-run.
+#
+# The PyPI deepmd-kit wheel's PyTorch op library is built for torch 2.11 and does not load with the
+# CPU torch 2.13.0 this machine provides, so deepmd-kit is built from its sdist (a few minutes, once:
+# pip caches the wheel). torch is pinned so that pip never pulls a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[tensorflow,test]"
-python -c "import deepmd, dflow, dpdata, dftd3; print('set-up OK: deepmd-kit', deepmd.__version__)"
+python -m pip install -q "torch==2.13.0" "tensorflow-cpu==2.21.0" e3nn
+if ! python -c "import deepmd.pt.cxx_op" >/dev/null 2>&1; then
+    DP_ENABLE_PYTORCH=1 CMAKE_ARGS=-DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON \
+        python -m pip install -q --no-binary deepmd-kit "deepmd-kit==3.2.0"
+fi
+python -m pip install -q -e ".[test]"
+python -c "import deepmd.pt.cxx_op, deepmd.tf, dflow, dpdata, dftd3; print('set-up OK: deepmd-kit', __import__('deepmd').__version__, 'with TensorFlow and PyTorch')"

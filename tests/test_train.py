@@ -63,3 +63,39 @@ def test_init_model_training_honours_trainable_lists(example, tmp_path):
     assert not changed & set(frozen), sorted(changed & set(frozen))
     assert set(moving) <= changed
     shutil.rmtree(work)
+
+
+def _pt_state(path):
+    import torch
+
+    state = torch.load(str(path), map_location="cpu", weights_only=False)
+    state = state.get("model", state)
+    return {k: v.detach().numpy().copy() for k, v in state.items() if hasattr(v, "detach") and v.dtype.is_floating_point}
+
+
+@pytest.mark.slow
+def test_pytorch_backend_enforces_per_layer_trainable(example, tmp_path):
+    """deepmd-kit's PT backend collapses the list to all-or-nothing; RunTrain's entry point enforces it."""
+    data = tmp_path / "iter_data"
+    gather_iter_data(None, [example / "data" / "holdout"], data, 1)
+    template = json.loads((example / "config.json").read_text())["default_training_param"]
+    jinput = make_train_input(template, 0, 1, {"type_map": ["Ag", "Au"]})
+    jinput["training"].update(numb_steps=30, disp_freq=10, save_freq=30)
+    set_training_data(jinput, system_paths(data), [], "auto", "auto")
+    first = dict(jinput, model=dict(jinput["model"], descriptor=dict(jinput["model"]["descriptor"], trainable=True),
+                                    fitting_net=dict(jinput["model"]["fitting_net"], trainable=True)))
+    (tmp_path / "start").mkdir()
+    (tmp_path / "start" / "input.json").write_text(json.dumps(first))
+    start = run_dp_train(tmp_path / "start", "pytorch", "scratch", None)
+    (tmp_path / "next").mkdir()
+    (tmp_path / "next" / "input.json").write_text(json.dumps(jinput))
+    out = run_dp_train(tmp_path / "next", "pytorch", "init_model", start["checkpoint"])
+    assert out["model"].name == "graph.pth" and out["model"].exists()
+    before, after = _pt_state(start["checkpoint"] / "model.ckpt.pt"), _pt_state(out["checkpoint"] / "model.ckpt.pt")
+    fitting = {k: int(k.split(".layers.")[1].split(".")[0]) for k in before if ".fitting_net.filter_layers." in k}
+    descriptor = [k for k in before if ".descriptor." in k and "mean" not in k and "stddev" not in k]
+    moved = {k for k in before if k in after and not np.array_equal(before[k], after[k])}
+    assert fitting and descriptor
+    assert not moved & set(descriptor), sorted(moved & set(descriptor))
+    assert not {k for k, layer in fitting.items() if layer < 2} & moved
+    assert {k for k, layer in fitting.items() if layer >= 2} <= moved
