@@ -60,6 +60,15 @@ def test_example_converges_with_new_level_labels_only(example, example_run):
     assert len(seen) == report["n_relabeled"]
 
 
+def test_pick_data_is_never_duplicated(example, example_run):
+    """Steps read pick_data through hard links to the user's files: no copy per step or iteration."""
+    originals = {(p.stat().st_dev, p.stat().st_ino) for p in (example / "data" / "pick").rglob("*.npy")}
+    step_inputs = [p for p in (example_run / "work").rglob("*.npy")
+                   if "/inputs/artifacts/pick_data/" in str(p) and not p.is_symlink()]
+    assert len(step_inputs) >= 2 * 5 * len(originals) // 2  # model-devi and run-fp steps of every iteration
+    assert all((p.stat().st_dev, p.stat().st_ino) in originals for p in step_inputs)
+
+
 def _rmse(models, system):
     from deepmd.infer import DeepPot
 

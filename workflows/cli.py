@@ -60,7 +60,9 @@ def _set_local_mode(workdir: Path) -> None:
 
     dflow_config["mode"] = "debug"
     dflow_config["debug_workdir"] = str(workdir.resolve())
-    dflow_config["debug_copy_method"] = "copy"
+    # step inputs as hard links: no symlinks into other steps, and pick_data's bytes are never duplicated
+    # (the OPs only read their inputs; dflow falls back to copies across file systems)
+    dflow_config["debug_copy_method"] = "link"
 
 
 class TablePrinter:
