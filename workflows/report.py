@@ -19,9 +19,8 @@ ITER_COLUMNS = ("iteration", "n_pool", "n_candidate", "n_accurate", "n_failed", 
 
 def _download_json(artifact) -> object:
     with tempfile.TemporaryDirectory() as tmp:
-        paths = download_artifact(artifact, path=tmp)
-        files = [Path(p) for p in paths] if isinstance(paths, list) else list(Path(tmp).rglob("*.json"))
-        files = [f for f in files if f.is_file() and f.suffix == ".json"] or list(Path(tmp).rglob("*.json"))
+        download_artifact(artifact, path=tmp)
+        files = [f for f in Path(tmp).rglob("*.json") if ".dflow" not in f.parts]
         return json.loads(files[0].read_text())
 
 
@@ -95,9 +94,8 @@ def collect_outputs(wf, cfg, output: Path, wall_time: float | None = None) -> di
     rows = iteration_rows(steps)
     loop = _by_key(steps).get(LOOP_KEY)
     models_dir, dataset_dir = Path(output, "models"), Path(output, "dataset")
-    for d in (models_dir,):
-        if d.exists():
-            shutil.rmtree(d)
+    if models_dir.exists():
+        shutil.rmtree(models_dir)
     n_dataset = 0
     with tempfile.TemporaryDirectory() as tmp:
         if loop is not None and loop.phase == "Succeeded":
