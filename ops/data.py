@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dpdata
@@ -99,12 +99,15 @@ def count_frames(roots: list[str], key: str) -> int:
 
 @dataclass
 class LoopState:
-    """Which frames of which system are in the pool, picked (relabeled or being so) or retired as accurate."""
+    """Which frames of which system are in the pool, picked (relabeled or being so), retired as accurate,
+    or could not be labeled."""
 
     systems: dict[str, int]  # system key -> number of frames
     pool: dict[str, list[int]] = field(default_factory=dict)
     picked: dict[str, list[int]] = field(default_factory=dict)
     accurate: dict[str, list[int]] = field(default_factory=dict)
+    fp_retry: dict[str, list[int]] = field(default_factory=dict)  # labeling failed once: back in the pool
+    fp_failed: dict[str, list[int]] = field(default_factory=dict)  # labeling failed twice: retired, recorded
 
     @classmethod
     def initial(cls, systems: dict[str, int]) -> "LoopState":
@@ -120,6 +123,21 @@ class LoopState:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LoopState":
         return cls(**json.loads(Path(path).read_text()))
+
+
+def return_failed_frames(state: LoopState, failures: list[dict]) -> LoopState:
+    """Frames whose labeling failed leave `picked`: back to the pool the first time, retired the second."""
+    failed = {(f["system"], int(f["frame"])) for f in failures}
+    retry_before = set(flatten(state.fp_retry))
+    again = failed & retry_before
+    first = failed - retry_before
+    return replace(
+        state,
+        picked=group_ids([p for p in flatten(state.picked) if p not in failed]),
+        pool=group_ids(flatten(state.pool) + sorted(first)),
+        fp_retry=group_ids(sorted((retry_before - again) | first)),
+        fp_failed=group_ids(flatten(state.fp_failed) + sorted(again)),
+    )
 
 
 def flatten(ids: dict[str, list[int]]) -> list[tuple[str, int]]:

@@ -14,7 +14,7 @@ from typing import List
 
 from dflow.python import OP, OPIO, Artifact, OPIOSign
 
-from .data import find_systems
+from .data import LoopState, find_systems, return_failed_frames
 
 TASK_PATTERN = "%04d"
 
@@ -62,6 +62,27 @@ def gather_iter_data(previous: Path | None, new_groups: list[Path], out: Path, i
     return len(find_systems(str(out)))
 
 
+def fp_round_outcome(new_groups: list[Path], failure_files: list[Path]) -> tuple[int, list[dict]]:
+    """Frames labeled and failures of the previous RunFP round."""
+    labeled = sum(len(json.loads(f.read_text())) for g in new_groups or [] if g is not None
+                  for f in Path(g).rglob("frame_ids.json"))
+    failures = [f for p in failure_files or [] if p is not None and Path(p).is_file()
+                for f in json.loads(Path(p).read_text())]
+    return labeled, failures
+
+
+def check_ratio_failed(n_labeled: int, failures: list[dict], ratio_failed: float | None) -> None:
+    """DP-GEN's `ratio_failed`: stop when too large a share of the round's FP tasks failed."""
+    n = n_labeled + len(failures)
+    if ratio_failed is None or n == 0 or len(failures) / n <= ratio_failed:
+        return
+    first = failures[0]
+    raise RuntimeError(
+        f"{len(failures)} of {n} FP tasks failed ({len(failures) / n:.0%}), more than ratio_failed = {ratio_failed}. "
+        f"First: system {first['system']} frame {first['frame']} ({first['engine']}): {first['reason']}. "
+        "Every failure is listed in the RunFP steps' failures.json.")
+
+
 class PrepTrain(OP):
     """Write one training task per model and gather all frames relabeled so far."""
 
@@ -72,16 +93,22 @@ class PrepTrain(OP):
             "numb_models": int,
             "iter_index": int,
             "options": dict,
+            "state": Artifact(Path),
             "iter_data": Artifact(Path, optional=True),
             "new_data": Artifact(List[Path], optional=True),
+            "fp_failures": Artifact(List[Path], optional=True),
         })
 
     @classmethod
     def get_output_sign(cls):
-        return OPIOSign({"task_names": List[str], "task_paths": Artifact(List[Path]), "iter_data": Artifact(Path)})
+        return OPIOSign({"task_names": List[str], "task_paths": Artifact(List[Path]), "iter_data": Artifact(Path),
+                         "state": Artifact(Path)})
 
     @OP.exec_sign_check
     def execute(self, ip: OPIO) -> OPIO:
+        n_labeled, failures = fp_round_outcome(ip["new_data"], ip["fp_failures"])
+        check_ratio_failed(n_labeled, failures, ip["options"].get("ratio_failed"))
+        return_failed_frames(LoopState.load(ip["state"]), failures).dump("state.json")
         n = gather_iter_data(ip["iter_data"], ip["new_data"], Path("iter_data"), ip["iter_index"])
         if n == 0:
             raise RuntimeError("no relabeled frame to train on: every frame of iteration 0 failed to label")
@@ -93,4 +120,5 @@ class PrepTrain(OP):
             (task / "input.json").write_text(json.dumps(jinput, indent=2))
             names.append(TASK_PATTERN % i)
             paths.append(task)
-        return OPIO({"task_names": names, "task_paths": paths, "iter_data": Path("iter_data")})
+        return OPIO({"task_names": names, "task_paths": paths, "iter_data": Path("iter_data"),
+                     "state": Path("state.json")})

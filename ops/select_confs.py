@@ -13,7 +13,7 @@ instead of an exception, so that the models and data made so far are delivered.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List
 
@@ -87,8 +87,8 @@ def select(state: LoopState, devi: dict | None, trust: TrustLevels | None, rules
     order = np.random.default_rng(seed).permutation(len(cand))
     picked = [cand[j] for j in order[:n_pick]]
     rest = [cand[j] for j in order[n_pick:]] + failed
-    new_state = LoopState(
-        systems=state.systems,
+    new_state = replace(
+        state,
         pool=group_ids(rest),
         picked=group_ids(flatten(state.picked) + picked),
         accurate=group_ids(flatten(state.accurate) + accurate),

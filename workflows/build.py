@@ -54,6 +54,7 @@ def loop_parameters(cfg: SimplifyConfig) -> dict:
             "seed": j["pick_seed"],
             "activation_func": j["model_devi_activation_func"],
             "reuse_iter": j["training_reuse_iter"],
+            "ratio_failed": j["ratio_failed"],
             "reuse": {"numb_steps": j["training_reuse_numb_steps"], "start_lr": j["training_reuse_start_lr"],
                       "start_pref_e": j["training_reuse_start_pref_e"], "start_pref_f": j["training_reuse_start_pref_f"]},
         },
@@ -109,7 +110,7 @@ def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLik
     fp0 = fp_step("iter0-run-fp", key0, select0, pick_data, params["type_map"], params["fp_style"],
                   params["fp_params"], tconf)
     artifacts = {"pick_data": pick_data, "state": select0.outputs.artifacts["state"], "init_models": init_models,
-                 "new_data": fp0.outputs.artifacts["labeled_data"]}
+                 "new_data": fp0.outputs.artifacts["labeled_data"], "fp_failures": fp0.outputs.artifacts["failures"]}
     if cfg.init_data:
         artifacts["init_data"] = upload_artifact(cfg.init_data)
     loop = Step(

@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -120,6 +121,8 @@ def run_local(cfg: SimplifyConfig, config_path: Path, output: Path) -> int:
     _write_state(state_file, wf.id, digest)
     status = wf.query_status()
     if status != "Succeeded":
+        for line in failed_step_errors(workdir / wf.id):
+            print(f"error: {line}", file=sys.stderr)
         print(f"error: workflow {wf.id} {status}; logs under {workdir / wf.id}. "
               f"Run the same command again to resume.", file=sys.stderr)
         return 1
@@ -130,6 +133,18 @@ def run_local(cfg: SimplifyConfig, config_path: Path, output: Path) -> int:
     print(f"done: converged={report['converged']}, relabeled {report['n_relabeled']} of {report['n_frames']} frames; "
           f"models in {output / 'models'}, dataset in {output / 'dataset'}, report {output / 'report.json'}")
     return 0
+
+
+def failed_step_errors(wf_dir: Path) -> list[str]:
+    """`<step key>: <last exception line>` for every failed OP step of a local run."""
+    out = []
+    for phase in sorted(wf_dir.glob("*/phase")):
+        log = phase.parent / "log.txt"
+        if phase.read_text().strip() == "Failed" and log.exists():
+            errors = [ln for ln in log.read_text(errors="replace").splitlines() if re.match(r"^\w*(Error|Exception)\b", ln)]
+            if errors:
+                out.append(f"{phase.parent.name}: {errors[-1]}")
+    return out
 
 
 def _write_state(state_file: Path, wf_id: str, digest: str) -> None:

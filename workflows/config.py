@@ -77,7 +77,7 @@ def _simplify_args() -> list[Argument]:
         a("fp_task_min", int, optional=True),
         a("fp_accurate_threshold", NUM, optional=True),
         a("fp_accurate_soft_threshold", NUM, optional=True),
-        a("ratio_failed", NUM, optional=True),
+        a("ratio_failed", NUM, optional=True, default=0.05, doc="largest share of failed FP tasks in a round"),
         a("fp_skip_bad_box", str, optional=True),
         a("fp_pp_path", str, optional=True),
         a("fp_pp_files", list, optional=True),

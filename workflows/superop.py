@@ -69,7 +69,7 @@ class SimplifyIteration(Steps):
             self.inputs.parameters[p] = InputParameter()
         for a in ("pick_data", "state", "init_models"):
             self.inputs.artifacts[a] = InputArtifact()
-        for a in ("iter_data", "new_data", "init_data"):
+        for a in ("iter_data", "new_data", "fp_failures", "init_data"):
             self.inputs.artifacts[a] = InputArtifact(optional=True)
         for a in ("models", "checkpoints", "dataset"):
             self.outputs.artifacts[a] = OutputArtifact()
@@ -83,7 +83,8 @@ class SimplifyIteration(Steps):
             template=PythonOPTemplate(PrepTrain, **template_config("prep_train")),
             parameters={"template": par["train_template"], "numb_models": par["numb_models"],
                         "iter_index": par["iter_index"], "options": par["train_options"]},
-            artifacts={"iter_data": art["iter_data"], "new_data": art["new_data"]},
+            artifacts={"state": art["state"], "iter_data": art["iter_data"], "new_data": art["new_data"],
+                       "fp_failures": art["fp_failures"]},
             key=f"{key}--prep-train",
         )
         self.add(prep)
@@ -107,11 +108,12 @@ class SimplifyIteration(Steps):
             "model-devi",
             template=PythonOPTemplate(ModelDevi, **template_config("model_devi")),
             parameters={"type_map": par["type_map"], "batch_size": par["model_devi_batch_size"]},
-            artifacts={"models": train.outputs.artifacts["model"], "pick_data": art["pick_data"], "state": art["state"]},
+            artifacts={"models": train.outputs.artifacts["model"], "pick_data": art["pick_data"],
+                       "state": prep.outputs.artifacts["state"]},
             key=f"{key}--model-devi",
         )
         self.add(devi)
-        select = select_step("select-confs", key, art["state"], devi.outputs.artifacts["model_devi"],
+        select = select_step("select-confs", key, prep.outputs.artifacts["state"], devi.outputs.artifacts["model_devi"],
                              par["select_params"], par["iter_index"], template_config)
         self.add(select)
         fp = fp_step("run-fp", key, select, art["pick_data"], par["type_map"], par["fp_style"], par["fp_params"],
@@ -127,7 +129,8 @@ class SimplifyIteration(Steps):
             parameters=next_parameters,
             artifacts={"pick_data": art["pick_data"], "state": select.outputs.artifacts["state"],
                        "init_models": train.outputs.artifacts["checkpoint"], "iter_data": prep.outputs.artifacts["iter_data"],
-                       "new_data": fp.outputs.artifacts["labeled_data"], "init_data": art["init_data"]},
+                       "new_data": fp.outputs.artifacts["labeled_data"], "fp_failures": fp.outputs.artifacts["failures"],
+                       "init_data": art["init_data"]},
             when=f"{select.outputs.parameters['go_on']} == true",
             key=f"{key}--next-iteration",
         )
