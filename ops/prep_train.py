@@ -56,9 +56,10 @@ def gather_iter_data(previous: Path | None, new_groups: list[Path], out: Path, i
     out.mkdir(parents=True, exist_ok=True)
     if previous is not None and Path(previous).is_dir():
         shutil.copytree(previous, out, dirs_exist_ok=True)
-    for g, group in enumerate(new_groups or []):
+    for group in new_groups or []:
         if group is not None and Path(group).is_dir() and find_systems(str(group)):
-            shutil.copytree(group, out / ("iter-%06d" % (iter_index - 1)) / ("group-%06d" % g), dirs_exist_ok=True)
+            # RunFP names a group folder after its frames: the training set does not depend on slice order
+            shutil.copytree(group, out / ("iter-%06d" % (iter_index - 1)) / Path(group).name, dirs_exist_ok=True)
     return len(find_systems(str(out)))
 
 
