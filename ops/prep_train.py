@@ -2,6 +2,8 @@
 
 The training set is every frame relabeled so far: the previous iteration's set plus the new
 labeled groups, gathered into one `iter_data` directory (only relabeled frames move, never pick_data).
+PrepTrain also settles the previous FP round in the loop state: frames that failed to label go back to
+the pool (once), and the round stops the run when more than `ratio_failed` of its tasks failed.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ from dflow_simplify.ops.select_confs import iter_name
 from .config import SimplifyConfig
 from .superop import SimplifyIteration, fp_step, select_step
 
-STAGES = ("prep_train", "run_train", "model_devi", "select_confs", "run_fp")
 LOOP_KEY = iter_name(1) + "--iteration"
 
 
