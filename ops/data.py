@@ -108,6 +108,7 @@ class LoopState:
     accurate: dict[str, list[int]] = field(default_factory=dict)
     fp_retry: dict[str, list[int]] = field(default_factory=dict)  # labeling failed once: back in the pool
     fp_failed: dict[str, list[int]] = field(default_factory=dict)  # labeling failed twice: retired, recorded
+    skipped: dict[str, list[int]] = field(default_factory=dict)  # fp_skip_bad_box: never labeled, recorded
 
     @classmethod
     def initial(cls, systems: dict[str, int]) -> "LoopState":
@@ -126,17 +127,20 @@ class LoopState:
 
 
 def return_failed_frames(state: LoopState, failures: list[dict]) -> LoopState:
-    """Frames whose labeling failed leave `picked`: back to the pool the first time, retired the second."""
-    failed = {(f["system"], int(f["frame"])) for f in failures}
+    """Frames whose labeling failed leave `picked`: back to the pool the first time, retired the second;
+    frames skipped for a bad box are retired at once."""
+    bad_box = {(f["system"], int(f["frame"])) for f in failures if f.get("kind") == "bad_box"}
+    failed = {(f["system"], int(f["frame"])) for f in failures} - bad_box
     retry_before = set(flatten(state.fp_retry))
     again = failed & retry_before
     first = failed - retry_before
     return replace(
         state,
-        picked=group_ids([p for p in flatten(state.picked) if p not in failed]),
+        picked=group_ids([p for p in flatten(state.picked) if p not in failed | bad_box]),
         pool=group_ids(flatten(state.pool) + sorted(first)),
         fp_retry=group_ids(sorted((retry_before - again) | first)),
         fp_failed=group_ids(flatten(state.fp_failed) + sorted(again)),
+        skipped=group_ids(flatten(state.skipped) + sorted(bad_box)),
     )
 
 

@@ -75,7 +75,9 @@ def fp_round_outcome(new_groups: list[Path], failure_files: list[Path]) -> tuple
 
 
 def check_ratio_failed(n_labeled: int, failures: list[dict], ratio_failed: float | None) -> None:
-    """DP-GEN's `ratio_failed`: stop when too large a share of the round's FP tasks failed."""
+    """DP-GEN's `ratio_failed`: stop when too large a share of the round's FP tasks failed
+    (frames skipped for a bad box were never tasks)."""
+    failures = [f for f in failures if f.get("kind") != "bad_box"]
     n = n_labeled + len(failures)
     if ratio_failed is None or n == 0 or len(failures) / n <= ratio_failed:
         return

@@ -1,4 +1,9 @@
-"""RunFP: relabel a group of picked frames with an FP engine; failures are recorded, not fatal."""
+"""RunFP: relabel a group of picked frames with an FP engine, one task folder per frame.
+
+Failures are data, not crashes: a task that fails, times out or does not parse is recorded in the group's
+failures.json (system, frame, engine, reason, log tail) and so is a frame skipped for its bad box
+(`kind: bad_box`); PrepTrain then returns failed frames to the pool and applies `ratio_failed`.
+"""
 
 from __future__ import annotations
 
@@ -13,26 +18,36 @@ import dpdata
 from dflow.python import OP, OPIO, Artifact, OPIOSign
 
 from .data import iter_frames, save_labeled
-from .fp.base import get_engine
+from .fp.bad_box import bad_box_reason, parse_criteria
+from .fp.base import FPTaskError, get_engine
 
 
 def label_frames(roots, frame_ids: dict[str, list[int]], type_map, fp_style: str, fp_params: dict,
-                 workdir: str | os.PathLike):
+                 workdir: str | os.PathLike, files_dir=None, skip_bad_box: str | None = None):
     """Label every frame; returns (MultiSystems, {formula: [(system, frame), ...]}, failures)."""
     engine = get_engine(fp_style)
+    criteria = parse_criteria(skip_bad_box) if skip_bad_box else {}
     multi = dpdata.MultiSystems(type_map=type_map)
     sources: dict[str, list[tuple[str, int]]] = {}
     failures = []
     for key, ids, system in iter_frames(roots, frame_ids, type_map, labeled=engine.needs_input_labels):
         for j, fid in enumerate(ids):
+            record = {"system": key, "frame": fid, "engine": fp_style}
+            frame = system[j]
+            bad = None if frame.nopbc or not criteria else bad_box_reason(frame["cells"][0], criteria)
+            if bad:
+                failures.append(dict(record, kind="bad_box", reason=bad, log_tail=[]))
+                continue
             task_dir = Path(workdir, "task.%s.%06d" % (key.replace("/", "_").replace("#", "_"), fid))
             task_dir.mkdir(parents=True, exist_ok=True)
             try:
-                labeled = engine.label(system[j], str(task_dir), fp_params)
-            except Exception as exc:  # a failed task is data: record it and go on
-                failures.append({"system": key, "frame": fid, "engine": fp_style,
-                                 "reason": f"{type(exc).__name__}: {exc}",
-                                 "log_tail": traceback.format_exc().splitlines()[-5:]})
+                labeled = engine.label(frame, str(task_dir), fp_params, files_dir)
+            except FPTaskError as exc:  # a failed task is data: record it and go on
+                failures.append(dict(record, kind="failed", reason=str(exc), log_tail=exc.log_tail))
+                continue
+            except Exception as exc:
+                failures.append(dict(record, kind="failed", reason=f"{type(exc).__name__}: {exc}",
+                                     log_tail=traceback.format_exc().splitlines()[-5:]))
                 continue
             multi.append(labeled)
             sources.setdefault(labeled.formula, []).append((key, fid))
@@ -50,11 +65,14 @@ class RunFP(OP):
             "type_map": List[str],
             "fp_style": str,
             "fp_params": dict,
+            "fp_files": Artifact(Path, optional=True),
+            "skip_bad_box": str,
         })
 
     @classmethod
     def get_output_sign(cls):
-        return OPIOSign({"labeled_data": Artifact(Path), "failures": Artifact(Path), "n_labeled": int, "n_failed": int})
+        return OPIOSign({"labeled_data": Artifact(Path), "failures": Artifact(Path), "n_labeled": int, "n_failed": int,
+                         "n_skipped": int})
 
     @OP.exec_sign_check
     def execute(self, ip: OPIO) -> OPIO:
@@ -62,8 +80,9 @@ class RunFP(OP):
         group = "group." + hashlib.sha1(json.dumps(ip["frame_ids"], sort_keys=True).encode()).hexdigest()[:12]
         multi, sources, failures = label_frames(
             [str(r) for r in ip["pick_data"]], ip["frame_ids"], ip["type_map"], ip["fp_style"], ip["fp_params"],
-            Path(group, "tasks"))
+            Path(group, "tasks").absolute(), ip["fp_files"], ip["skip_bad_box"] or None)
         save_labeled(multi, sources, Path("labeled", group))
         Path(group, "failures.json").write_text(json.dumps(failures, indent=1))
+        n_skipped = sum(f["kind"] == "bad_box" for f in failures)
         return OPIO({"labeled_data": Path("labeled", group), "failures": Path(group, "failures.json"),
-                     "n_labeled": multi.get_nframes(), "n_failed": len(failures)})
+                     "n_labeled": multi.get_nframes(), "n_failed": len(failures) - n_skipped, "n_skipped": n_skipped})

@@ -33,9 +33,20 @@ def test_dpgen_mapbi3_config_passes_check_with_dftd3(tmp_path, capsys):
     assert "24 frames" in capsys.readouterr().out
 
 
-def test_dpgen_mapbi3_config_with_vasp_names_the_missing_engine(tmp_path, capsys):
-    assert main([str(_mapbi3(tmp_path)), "--check"]) == 2
-    assert "fp_style: 'vasp' is not available" in capsys.readouterr().err
+def test_dpgen_mapbi3_config_with_vasp_as_is(tmp_path, capsys):
+    """DP-GEN's own VASP config: its POTCARs are not shipped, so the check names the first one missing;
+    with (placeholder) POTCARs in place, it passes, INCAR, POTCARs and fp_skip_bad_box taken as DP-GEN does."""
+    path = _mapbi3(tmp_path)
+    assert main([str(path), "--check"]) == 2
+    assert "fp_params.pp_files for fp_style 'vasp': file ../vasp_inputs/POTCAR_I not found" in capsys.readouterr().err
+    j = json.loads(path.read_text())
+    pp = path.parent / j["fp_pp_path"]
+    pp.mkdir()
+    for name in j["fp_pp_files"]:
+        (pp / name).write_text(name)
+    cfg = load_config(path)
+    assert cfg.fp_style == "vasp" and len(cfg.fp_files) == 1 + len(j["type_map"])
+    assert cfg.jdata["fp_skip_bad_box"] == "length_ratio:5;height_ratio:5" and cfg.jdata["ratio_failed"] == 0.3
 
 
 def test_legacy_trust_keys_and_dpgen_014_list_forms(example):

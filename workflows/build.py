@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from dflow import Step, Workflow, upload_artifact
@@ -63,6 +64,7 @@ def loop_parameters(cfg: SimplifyConfig) -> dict:
         "type_map": j["type_map"],
         "fp_style": cfg.fp_style,
         "fp_params": j["fp_params"],
+        "skip_bad_box": j.get("fp_skip_bad_box") or "",
         "model_devi_batch_size": int(sc.get("model_devi", {}).get("batch_size", 256)),
     }
 
@@ -91,6 +93,14 @@ def _placeholder_models(n: int, where: Path) -> list[str]:
     return dirs
 
 
+def _stage_fp_files(files: dict[str, str], where: Path) -> str:
+    """The FP input files the config named (POTCARs, templates), in one folder under their staged names."""
+    where.mkdir(parents=True, exist_ok=True)
+    for name, src in files.items():
+        shutil.copyfile(src, where / name)
+    return str(where)
+
+
 def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLike, workflow_id: str | None = None) -> Workflow:
     """The whole simplify workflow: iteration 0 (random pick, relabel), then the recursive loop."""
     staging = Path(staging_dir)
@@ -104,14 +114,18 @@ def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLik
     models0 = cfg.iter0_models or _placeholder_models(cfg.jdata["numb_models"], staging / "no-model")
     init_models = upload_artifact(models0)
 
+    fp_files = upload_artifact(_stage_fp_files(cfg.fp_files, staging / "fp_files")) if cfg.fp_files else None
+
     key0 = iter_name(0)
     select0 = select_step("iter0-select-confs", key0, state0, None, params["select_params"], 0, tconf)
-    fp0 = fp_step("iter0-run-fp", key0, select0, pick_data, params["type_map"], params["fp_style"],
-                  params["fp_params"], tconf)
+    fp0 = fp_step("iter0-run-fp", key0, select0, pick_data, fp_files, params["type_map"], params["fp_style"],
+                  params["fp_params"], params["skip_bad_box"], tconf)
     artifacts = {"pick_data": pick_data, "state": select0.outputs.artifacts["state"], "init_models": init_models,
                  "new_data": fp0.outputs.artifacts["labeled_data"], "fp_failures": fp0.outputs.artifacts["failures"]}
     if cfg.init_data:
         artifacts["init_data"] = upload_artifact(cfg.init_data)
+    if fp_files is not None:
+        artifacts["fp_files"] = fp_files
     loop = Step(
         "simplify-loop",
         template=SimplifyIteration("simplify-iteration", tconf),

@@ -15,6 +15,7 @@ from pathlib import Path
 from dargs import Argument
 
 from dflow_simplify.ops.data import count_frames, expand_roots, find_systems
+from dflow_simplify.ops.fp.bad_box import parse_criteria
 from dflow_simplify.ops.fp.base import ENGINES, get_engine
 
 NUM = [float, int]
@@ -86,6 +87,9 @@ def _simplify_args() -> list[Argument]:
         a("cvasp", bool, optional=True),
         a("user_fp_params", dict, optional=True),
         a("external_input_path", str, optional=True),
+        a("fp_orb_files", list, optional=True),
+        a("fp_kpt_file", str, optional=True),
+        a("k_points", list, optional=True),
         a("use_clusters", bool, optional=True),
         a("cluster_cutoff", NUM, optional=True),
         a("stop_iter", int, optional=True, doc="stop after this many training iterations"),
@@ -111,10 +115,12 @@ class SimplifyConfig:
     init_data: list[str] = field(default_factory=list)
     iter0_models: list[str] = field(default_factory=list)
     init_mode: str = "scratch"
+    fp_files: dict[str, str] = field(default_factory=dict)  # staged name -> the user's file (POTCARs, templates)
 
     @property
     def fp_style(self) -> str:
-        return "none" if self.jdata["labeled"] else self.jdata["fp_style"]
+        style = "none" if self.jdata["labeled"] else self.jdata["fp_style"]
+        return FP_STYLE_ALIASES.get(style, style)
 
     @property
     def n_frames(self) -> int:
@@ -194,8 +200,14 @@ def _check_step_configs(j: dict) -> None:
                 raise ConfigError(f"step_configs.{stage}.{key}: expected a positive integer, got {conf[key]!r}")
 
 
-def _check_engine(j: dict) -> None:
-    style = "none" if j["labeled"] else j["fp_style"]
+FP_STYLE_ALIASES = {"pwscf": "qe"}  # DP-GEN's names
+
+
+def _check_engine(cfg: SimplifyConfig) -> None:
+    """fp_params of the engine, from DP-GEN's top-level keys overridden by `fp_params`; input files
+    checked and given unique names under which the workflow ships them to the RunFP steps."""
+    j = cfg.jdata
+    style = cfg.fp_style
     try:
         engine = get_engine(style)
     except KeyError:
@@ -203,10 +215,29 @@ def _check_engine(j: dict) -> None:
                           "(or labeled: true when pick_data already carries the new labels)") from None
     arg = Argument("fp_params", dict, sub_fields=engine.params_args())
     try:
-        j["fp_params"] = arg.normalize_value(j["fp_params"], trim_pattern="_*")
-        arg.check_value(j["fp_params"], strict=True)
+        params = arg.normalize_value({**engine.from_dpgen(j), **j["fp_params"]}, trim_pattern="_*")
+        arg.check_value(params, strict=True)
+        engine.check(params, j["type_map"])
     except Exception as e:
-        raise ConfigError(f"fp_params for fp_style {style!r}: {e}") from None
+        raise ConfigError(f"fp_params for fp_style {style!r}: {e}".replace("[at location `fp_params`] ", "")) from None
+    for key in engine.file_params:
+        if params.get(key) is None:
+            continue
+        names = [params[key]] if isinstance(params[key], str) else params[key]
+        staged = []
+        for name in names:
+            path = cfg.base_dir / name
+            if not path.is_file():
+                raise ConfigError(f"fp_params.{key} for fp_style {style!r}: file {name} not found (looked for {path})")
+            staged.append("%02d-%s" % (len(cfg.fp_files), path.name))
+            cfg.fp_files[staged[-1]] = str(path.resolve())
+        params[key] = staged[0] if isinstance(params[key], str) else staged
+    j["fp_params"] = params
+    if j.get("fp_skip_bad_box"):
+        try:
+            parse_criteria(j["fp_skip_bad_box"])
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _resolve_pick_data(cfg: SimplifyConfig) -> None:
@@ -298,8 +329,8 @@ def validate(raw: dict, base_dir: str | os.PathLike) -> SimplifyConfig:
     jdata = normalize(raw)
     _check_numbers(jdata)
     _check_step_configs(jdata)
-    _check_engine(jdata)
     cfg = SimplifyConfig(jdata=jdata, base_dir=Path(base_dir).resolve())
+    _check_engine(cfg)
     _resolve_pick_data(cfg)
     _resolve_init_data(cfg)
     _resolve_models(cfg)

@@ -23,23 +23,25 @@ from dflow_simplify.ops.select_confs import SelectConfs
 TemplateConfig = Callable[[str], dict]
 
 LOOP_PARAMETERS = ("iter_index", "iter_name", "numb_models", "train_template", "train_options", "train_config",
-                   "next_train_config", "select_params", "type_map", "fp_style", "fp_params", "model_devi_batch_size")
+                   "next_train_config", "select_params", "type_map", "fp_style", "fp_params", "skip_bad_box",
+                   "model_devi_batch_size")
 
 
-def fp_step(name: str, key_prefix: str, select: Step, pick_data, type_map, fp_style, fp_params,
-            template_config: TemplateConfig) -> Step:
+def fp_step(name: str, key_prefix: str, select: Step, pick_data, fp_files, type_map, fp_style, fp_params,
+            skip_bad_box, template_config: TemplateConfig) -> Step:
     """RunFP sliced over the groups of frames select-confs picked; runs only when the loop goes on."""
     return Step(
         name,
         template=PythonOPTemplate(
             RunFP,
             slices=Slices("int('{{item}}')", input_parameter=["frame_ids"],
-                          output_artifact=["labeled_data", "failures"], output_parameter=["n_labeled", "n_failed"]),
+                          output_artifact=["labeled_data", "failures"],
+                          output_parameter=["n_labeled", "n_failed", "n_skipped"]),
             **template_config("run_fp"),
         ),
         parameters={"frame_ids": select.outputs.parameters["fp_groups"], "type_map": type_map,
-                    "fp_style": fp_style, "fp_params": fp_params},
-        artifacts={"pick_data": pick_data},
+                    "fp_style": fp_style, "fp_params": fp_params, "skip_bad_box": skip_bad_box},
+        artifacts={"pick_data": pick_data, **({"fp_files": fp_files} if fp_files is not None else {})},
         with_sequence=argo_sequence(argo_len(select.outputs.parameters["fp_groups"]), format="%06d"),
         key=f"{key_prefix}--run-fp-{{{{item}}}}",
         when=f"{select.outputs.parameters['go_on']} == true",
@@ -69,7 +71,7 @@ class SimplifyIteration(Steps):
             self.inputs.parameters[p] = InputParameter()
         for a in ("pick_data", "state", "init_models"):
             self.inputs.artifacts[a] = InputArtifact()
-        for a in ("iter_data", "new_data", "fp_failures", "init_data"):
+        for a in ("iter_data", "new_data", "fp_failures", "init_data", "fp_files"):
             self.inputs.artifacts[a] = InputArtifact(optional=True)
         for a in ("models", "checkpoints", "dataset"):
             self.outputs.artifacts[a] = OutputArtifact()
@@ -116,8 +118,8 @@ class SimplifyIteration(Steps):
         select = select_step("select-confs", key, prep.outputs.artifacts["state"], devi.outputs.artifacts["model_devi"],
                              par["select_params"], par["iter_index"], template_config)
         self.add(select)
-        fp = fp_step("run-fp", key, select, art["pick_data"], par["type_map"], par["fp_style"], par["fp_params"],
-                     template_config)
+        fp = fp_step("run-fp", key, select, art["pick_data"], art["fp_files"], par["type_map"], par["fp_style"],
+                     par["fp_params"], par["skip_bad_box"], template_config)
         self.add(fp)
         next_parameters = {p: par[p] for p in LOOP_PARAMETERS}
         next_parameters.update(iter_index=select.outputs.parameters["next_iter_index"],
@@ -130,7 +132,7 @@ class SimplifyIteration(Steps):
             artifacts={"pick_data": art["pick_data"], "state": select.outputs.artifacts["state"],
                        "init_models": train.outputs.artifacts["checkpoint"], "iter_data": prep.outputs.artifacts["iter_data"],
                        "new_data": fp.outputs.artifacts["labeled_data"], "fp_failures": fp.outputs.artifacts["failures"],
-                       "init_data": art["init_data"]},
+                       "init_data": art["init_data"], "fp_files": art["fp_files"]},
             when=f"{select.outputs.parameters['go_on']} == true",
             key=f"{key}--next-iteration",
         )

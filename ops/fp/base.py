@@ -1,10 +1,11 @@
 """The FP engine interface and its registry.
 
-An engine labels one frame: ``label(frame, workdir, params) -> dpdata.LabeledSystem``. It keeps the
-frame's own cell and coordinates and sets energy (eV), forces (eV/A) and, for periodic cells,
-virial (eV). Engines that run an external code (next: CP2K, VASP, ...) write inputs into `workdir`,
-run a command there and parse its output; in-process engines (dftd3, ase) just compute.
-Each engine declares its `fp_params` with dargs, so that a config is checked before anything runs.
+An engine labels one frame: ``label(frame, workdir, params, files) -> dpdata.LabeledSystem``. It keeps
+the frame's own cell and coordinates and sets energy (eV), forces (eV/A) and, for periodic cells,
+virial (eV). Engines that run an external code (`external.py`: CP2K, VASP, ...) write inputs into
+`workdir`, run a command there and parse its output; in-process engines (dftd3, ase) just compute.
+Each engine declares its `fp_params` with dargs, so that a config is checked before anything runs;
+`files` maps the basenames of the input files the config named (pseudopotentials, templates) to paths.
 """
 
 from __future__ import annotations
@@ -16,16 +17,35 @@ import numpy as np
 from dargs import Argument
 
 
+class FPTaskError(RuntimeError):
+    """A task that did not give labels: its code failed, timed out or its output did not parse."""
+
+    def __init__(self, reason: str, log_tail: list[str] | None = None):
+        super().__init__(reason)
+        self.log_tail = log_tail or []
+
+
 class Engine:
     name: str = ""
     # True when the engine adds to the labels pick_data already has (dftd3 on top of PBE)
     needs_input_labels: bool = False
+    # fp_params keys that name input files (a path or a list of paths) shipped to the RunFP steps
+    file_params: tuple[str, ...] = ()
 
     @staticmethod
     def params_args() -> list[Argument]:
         return []
 
-    def label(self, frame: dpdata.System, workdir: str, params: dict) -> dpdata.LabeledSystem:
+    @staticmethod
+    def from_dpgen(jdata: dict) -> dict:
+        """fp_params from DP-GEN's top-level keys (fp_incar, fp_pp_files, user_fp_params, ...)."""
+        return {}
+
+    def check(self, params: dict, type_map: list[str]) -> None:
+        """Raise ValueError naming the fp_params key when `params` cannot work for `type_map`."""
+
+    def label(self, frame: dpdata.System, workdir: str, params: dict,
+              files: dict[str, str] | None = None) -> dpdata.LabeledSystem:
         raise NotImplementedError
 
 
@@ -42,7 +62,7 @@ def register(name: str) -> Callable[[type[Engine]], type[Engine]]:
 
 
 def get_engine(name: str) -> Engine:
-    from . import ase_calc, dftd3, labeled  # noqa: F401  (registration)
+    from . import abacus, ase_calc, cp2k, dftd3, gaussian, labeled, qe, vasp  # noqa: F401  (registration)
 
     if name not in ENGINES:
         raise KeyError(f"unknown fp_style {name!r}; available: {', '.join(sorted(ENGINES))}")
