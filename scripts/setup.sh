@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian / Python 3.11 machine: a .venv at the repository root with the package and
-# DeePMD-kit 3.2.0 for both backends (TensorFlow CPU and PyTorch CPU) and the test tools. Safe to re-run.
+# DeePMD-kit 3.2.0 for both backends (TensorFlow CPU and PyTorch CPU), the test tools and Debian's CP2K.
+# Safe to re-run.
 #
 # The PyPI deepmd-kit wheel's PyTorch op library is built for torch 2.11 and does not load with the
 # CPU torch 2.13.0 this machine provides, so deepmd-kit is built from its sdist (a few minutes, once:
 # pip caches the wheel). torch is pinned so that pip never pulls a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# CP2K (Debian's package) for the cp2k FP engine, its tests and examples/ag-au-cp2k
+if ! command -v cp2k.psmp >/dev/null 2>&1; then
+    SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get install -y -q cp2k >/dev/null || { $SUDO apt-get update -q && $SUDO apt-get install -y -q cp2k >/dev/null; }
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip

@@ -76,3 +76,39 @@ def test_cp2k_pbe_d3_minus_pbe_equals_dftd3_correction(tmp_path, monkeypatch, cp
         assert pbe_d3["energies"][i] - pbe["energies"][i] == pytest.approx(e, abs=1e-5)
         np.testing.assert_allclose(pbe_d3["forces"][i] - pbe["forces"][i], f, atol=1e-5)
         np.testing.assert_allclose(pbe_d3["virials"][i] - pbe["virials"][i], v, atol=1e-4)
+
+
+def test_local_run_with_cp2k_labels_and_an_injected_failure(tmp_path, example, cp2k_pick):
+    """The CP2K example end to end (3 iterations, ~2 min), its command failing for one frame on purpose."""
+    from dflow_simplify.ops.fp.cp2k import parse_output
+
+    from .conftest import run_cli
+
+    j = json.loads((EXAMPLE / "config.json").read_text())
+    j["pick_data"] = str(cp2k_pick)
+    j["training_iter0_model_path"] = [str(example / "models" / "00[01]")]
+    j["ratio_failed"] = 0.5
+    # an injected failure: frame 4 (picked in iteration 0) exits 3 instead of running CP2K
+    j["fp_params"]["command"] = ('case "$PWD" in *.000004) echo injected failure; exit 3;; esac; '
+                                 "cp2k.psmp -i input.inp -o output")
+    (tmp_path / "config.json").write_text(json.dumps(j))
+    out = tmp_path / "out"
+    proc = run_cli([tmp_path / "config.json", "-o", out])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["iterations"][0]["n_fp_failed"] == 1 and report["n_fp_failed"] >= 1
+    failures = [f for p in out.glob("work/*/iter-000000--run-fp-*/workdir/group.*/failures.json")
+                for f in json.loads(p.read_text())]
+    assert [(f["frame"], f["engine"], f["kind"]) for f in failures] == [(4, "cp2k", "failed")]
+    assert "exited with code 3" in failures[0]["reason"] and failures[0]["log_tail"] == ["injected failure"]
+
+    dataset = dpdata.LabeledSystem(str(out / "dataset" / "Ag2Au2"), fmt="deepmd/npy")
+    ids = [fid for _, fid in json.loads((out / "dataset" / "Ag2Au2" / "frame_ids.json").read_text())]
+    assert 4 not in ids and dataset.get_nframes() == report["n_in_dataset"] >= 4
+    # the dataset's labels are CP2K's: each equals the output of that frame's CP2K task
+    for i, fid in enumerate(ids):
+        task_out = next(out.glob(f"work/*/*run-fp-*/workdir/group.*/tasks/task.0_Ag2Au2.{fid:06d}/output"))
+        e, f, v = parse_output(task_out.read_text(), 4, abs(np.linalg.det(dataset["cells"][i])))
+        assert dataset["energies"][i] == pytest.approx(e, abs=1e-6)
+        np.testing.assert_allclose(dataset["virials"][i], v, atol=1e-6)
+    assert (out / "models" / "graph.001.pb").is_file()

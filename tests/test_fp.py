@@ -77,7 +77,7 @@ def test_ase_engine_labels_with_emt_and_keeps_the_structure(tmp_path):
 def test_a_failing_engine_is_recorded_not_raised(tmp_path):
     @register("always-fails-test")
     class Failing(Engine):
-        def label(self, frame, workdir, params):
+        def label(self, frame, workdir, params, files_dir=None):
             raise RuntimeError("SCF did not converge")
 
     try:

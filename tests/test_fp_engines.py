@@ -16,6 +16,8 @@ import pytest
 
 from dflow_simplify.ops.fp.base import FPTaskError, get_engine
 from dflow_simplify.ops.fp.cp2k import input_from_dict, insert_structure, parse_output
+from dflow_simplify.ops.data import LoopState, return_failed_frames
+from dflow_simplify.ops.prep_train import check_ratio_failed
 from dflow_simplify.ops.run_fp import label_frames
 from dflow_simplify.workflows.config import ConfigError, validate
 
@@ -173,6 +175,12 @@ def test_bad_box_is_skipped_and_recorded_not_labeled(tmp_path):
     kinds = sorted((f["frame"], f["kind"]) for f in failures)
     assert kinds == [(0, "failed"), (1, "bad_box")]
     assert "length_ratio 10 > 5" in [f for f in failures if f["kind"] == "bad_box"][0]["reason"]
+    # the bad box is retired at once and is no FP task for ratio_failed; the failed frame returns to the pool
+    state = return_failed_frames(LoopState(systems={"0/sys": 2}, picked={"0/sys": [0, 1]}), failures)
+    assert state.skipped == {"0/sys": [1]} and state.pool == {"0/sys": [0]} and state.picked == {}
+    check_ratio_failed(1, [f for f in failures if f["kind"] == "bad_box"], ratio_failed=0.0)
+    with pytest.raises(RuntimeError, match="1 of 1 FP tasks failed"):
+        check_ratio_failed(0, failures, ratio_failed=0.5)
 
 
 def _cp2k_config(example, **fp):

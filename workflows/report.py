@@ -14,7 +14,8 @@ from dflow import download_artifact
 
 from dflow_simplify.ops.data import find_systems
 
-ITER_COLUMNS = ("iteration", "n_pool", "n_candidate", "n_accurate", "n_failed", "n_selected", "n_relabeled", "n_fp_failed")
+ITER_COLUMNS = ("iteration", "n_pool", "n_candidate", "n_accurate", "n_failed", "n_selected", "n_relabeled", "n_fp_failed",
+                "n_bad_box")
 
 
 def _download_json(artifact) -> object:
@@ -50,6 +51,7 @@ def iteration_rows(steps) -> list[dict]:
         row = {c: rep.get(c) for c in ITER_COLUMNS if c in rep}
         row["n_relabeled"] = sum(_sliced_int(s.outputs.parameters["n_labeled"].value) for s in fps)
         row["n_fp_failed"] = sum(_sliced_int(s.outputs.parameters["n_failed"].value) for s in fps)
+        row["n_bad_box"] = sum(_sliced_int(s.outputs.parameters["n_skipped"].value) for s in fps)
         row["go_on"] = rep.get("go_on")
         row["fp_done"] = len(fps) == len(fp_keys) == (rep["fp_groups"] if "fp_groups" in rep else len(fp_keys))
         rows.append(row)
@@ -79,7 +81,7 @@ def consolidate_dataset(src: str | os.PathLike, dst: str | os.PathLike, type_map
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("iter", "pool", "cand", "accur", "failed", "select", "relabel", "fp_fail")
+    head = ("iter", "pool", "cand", "accur", "failed", "select", "relabel", "fp_fail", "bad_box")
     lines = ["  ".join(f"{h:>7}" for h in head)]
     for r in rows:
         lines.append("  ".join(f"{r.get(c, '') if r.get(c) is not None else '':>7}" for c in ITER_COLUMNS))
@@ -114,6 +116,7 @@ def collect_outputs(wf, cfg, output: Path, wall_time: float | None = None) -> di
         "n_relabeled": sum(r["n_relabeled"] for r in rows),
         "n_in_dataset": n_dataset,
         "n_fp_failed": sum(r["n_fp_failed"] for r in rows),
+        "n_bad_box": sum(r["n_bad_box"] for r in rows),
         "n_failed_left": last.get("n_failed", 0) if rows else 0,
         "wall_time_s": None if wall_time is None else round(wall_time, 1),
         "iterations": [{c: r.get(c) for c in ITER_COLUMNS} for r in rows],
