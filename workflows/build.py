@@ -6,31 +6,17 @@ import os
 import shutil
 from pathlib import Path
 
-from dflow import Step, Workflow, upload_artifact
+from dflow import Step, Workflow
 
 from dflow_simplify.ops.data import LoopState
 from dflow_simplify.ops.select_confs import iter_name
 
 from .config import SimplifyConfig
+from .inputs import InputStager
+from .step_config import StageSettings
 from .superop import SimplifyIteration, fp_step, select_step
 
 LOOP_KEY = iter_name(1) + "--iteration"
-
-
-def template_config_from(step_configs: dict):
-    """PythonOPTemplate keyword arguments of a stage from `step_configs` (DPGEN2's names)."""
-
-    def template_config(stage: str) -> dict:
-        sc = dict(step_configs.get(stage, {}))
-        out = {"upload_dflow": False}  # every image and the local venv have dflow installed
-        tc = sc.get("template_config", {})
-        if tc.get("image"):
-            out["image"] = tc["image"]
-        if sc.get("envs"):
-            out["envs"] = sc["envs"]
-        return out
-
-    return template_config
 
 
 def loop_parameters(cfg: SimplifyConfig) -> dict:
@@ -79,7 +65,7 @@ def select_parameters(cfg: SimplifyConfig) -> dict:
         "fp_accurate_threshold": j.get("fp_accurate_threshold"),
         "fp_accurate_soft_threshold": j.get("fp_accurate_soft_threshold"),
         "seed": j["pick_seed"], "stop_iter": j.get("stop_iter"),
-        "group_size": int(j["step_configs"].get("run_fp", {}).get("group_size", 10)),
+        "group_size": int(j["step_configs"].get("run_fp", {}).get("group_size") or 10),
     }
 
 
@@ -101,13 +87,16 @@ def _stage_fp_files(files: dict[str, str], where: Path) -> str:
     return str(where)
 
 
-def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLike, workflow_id: str | None = None) -> Workflow:
-    """The whole simplify workflow: iteration 0 (random pick, relabel), then the recursive loop."""
+def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLike, workflow_id: str | None = None,
+                   stage=None) -> Workflow:
+    """The whole simplify workflow: iteration 0 (random pick, relabel), then the recursive loop.
+    `stage(paths) -> artifact` makes the inputs artifacts (inputs.InputStager; local links by default)."""
+    upload_artifact = stage or InputStager()
     staging = Path(staging_dir)
     staging.mkdir(parents=True, exist_ok=True)
     LoopState.initial(cfg.systems).dump(staging / "state0.json")
     params = loop_parameters(cfg)
-    tconf = template_config_from(cfg.jdata["step_configs"])
+    tconf = StageSettings(cfg.jdata["step_configs"], cfg.fp_style)
 
     pick_data = upload_artifact(cfg.pick_roots)
     state0 = upload_artifact(str(staging / "state0.json"))

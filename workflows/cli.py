@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="DP-GEN simplify parameter file (JSON)")
     p.add_argument("--check", action="store_true", help="validate the config and exit")
     p.add_argument("-o", "--output", help="output folder (default: ./<workflow name>)")
+    p.add_argument("--render", metavar="FILE",
+                   help="write the Argo Workflow manifest (JSON) that would be submitted, contacting no server")
     return p
 
 
@@ -135,6 +138,30 @@ def run_local(cfg: SimplifyConfig, config_path: Path, output: Path) -> int:
     return 0
 
 
+def render(cfg: SimplifyConfig, config_path: Path, target: Path) -> int:
+    """The manifest an Argo submission would send: Argo and S3 settings from the config (DFLOW_* otherwise),
+    input keys computed from content hashes, no upload, no server, no S3 keys in it."""
+    from .argo import ArgoSettingsError, keys_withheld, set_argo_mode
+
+    dflow_conf = dict(cfg.jdata["dflow_config"])
+    dflow_conf.setdefault("host", os.environ.get("DFLOW_HOST") or "https://127.0.0.1:2746")
+    try:
+        set_argo_mode(dflow_conf, cfg.jdata["dflow_s3_config"])  # before any Step is built
+    except ArgoSettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    from .build import build_workflow
+    from .inputs import InputStager
+
+    with keys_withheld(), tempfile.TemporaryDirectory() as staging:
+        wf = build_workflow(cfg, workflow_name(config_path), staging, stage=InputStager(render=True))
+        manifest = wf.to_dict()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(manifest, indent=1, default=str))
+    print(f"manifest written to {target} (not submitted)")
+    return 0
+
+
 def failed_step_errors(wf_dir: Path) -> list[str]:
     """`<step key>: <last exception line>` for every failed OP step of a local run."""
     out = []
@@ -170,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(cfg))
     if args.check:
         return 0
+    if args.render:
+        return render(cfg, config_path, Path(args.render))
     if cfg.jdata["dflow_config"].get("host"):
         print("error: dflow_config.host: submission to an Argo server is not available in this version; "
               "remove 'host' to run locally", file=sys.stderr)

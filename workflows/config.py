@@ -16,6 +16,7 @@ from dargs import Argument
 
 from dflow_simplify.ops.data import count_frames, expand_roots, find_systems
 from dflow_simplify.ops.fp.bad_box import parse_criteria
+from dflow_simplify.workflows.step_config import check_step_configs
 from dflow_simplify.ops.fp.base import ENGINES, get_engine
 
 NUM = [float, int]
@@ -177,27 +178,11 @@ def _check_numbers(j: dict) -> None:
         raise ConfigError("default_training_param: expected a deepmd-kit input with a 'training' section")
 
 
-STEP_CONFIG_KEYS = {
-    "prep_train": {"template_config", "envs"},
-    "run_train": {"template_config", "envs"},
-    "model_devi": {"template_config", "envs", "batch_size"},
-    "select_confs": {"template_config", "envs"},
-    "run_fp": {"template_config", "envs", "group_size"},
-}
-
-
 def _check_step_configs(j: dict) -> None:
-    for stage, conf in j["step_configs"].items():
-        if stage not in STEP_CONFIG_KEYS:
-            raise ConfigError(f"step_configs.{stage}: unknown stage; expected one of {sorted(STEP_CONFIG_KEYS)}")
-        if not isinstance(conf, dict):
-            raise ConfigError(f"step_configs.{stage}: expected an object, got {conf!r}")
-        unknown = sorted(set(conf) - STEP_CONFIG_KEYS[stage])
-        if unknown:
-            raise ConfigError(f"step_configs.{stage}: unknown key(s) {unknown}; expected {sorted(STEP_CONFIG_KEYS[stage])}")
-        for key in ("group_size", "batch_size"):
-            if key in conf and (not isinstance(conf[key], int) or conf[key] < 1):
-                raise ConfigError(f"step_configs.{stage}.{key}: expected a positive integer, got {conf[key]!r}")
+    try:
+        j["step_configs"] = check_step_configs(j["step_configs"])
+    except Exception as e:  # dargs names the stage and key
+        raise ConfigError(f"step_configs: {e}") from None
 
 
 FP_STYLE_ALIASES = {"pwscf": "qe"}  # DP-GEN's names

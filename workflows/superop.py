@@ -8,8 +8,6 @@ or resubmitted workflow reuses every finished step.
 
 from __future__ import annotations
 
-from typing import Callable
-
 from dflow import InputArtifact, InputParameter, OutputArtifact, Step, Steps, argo_len, argo_sequence, if_expression
 from dflow.python import PythonOPTemplate, Slices
 
@@ -19,8 +17,8 @@ from dflow_simplify.ops.run_fp import RunFP
 from dflow_simplify.ops.run_train import RunTrain
 from dflow_simplify.ops.select_confs import SelectConfs
 
-# name of a stage -> PythonOPTemplate keyword arguments (image, envs, ...), from step_configs
-TemplateConfig = Callable[[str], dict]
+from .step_config import StageSettings
+
 
 LOOP_PARAMETERS = ("iter_index", "iter_name", "numb_models", "train_template", "train_options", "train_config",
                    "next_train_config", "select_params", "type_map", "fp_style", "fp_params", "skip_bad_box",
@@ -28,7 +26,7 @@ LOOP_PARAMETERS = ("iter_index", "iter_name", "numb_models", "train_template", "
 
 
 def fp_step(name: str, key_prefix: str, select: Step, pick_data, fp_files, type_map, fp_style, fp_params,
-            skip_bad_box, template_config: TemplateConfig) -> Step:
+            skip_bad_box, settings: StageSettings) -> Step:
     """RunFP sliced over the groups of frames select-confs picked; runs only when the loop goes on."""
     return Step(
         name,
@@ -37,7 +35,7 @@ def fp_step(name: str, key_prefix: str, select: Step, pick_data, fp_files, type_
             slices=Slices("int('{{item}}')", input_parameter=["frame_ids"],
                           output_artifact=["labeled_data", "failures"],
                           output_parameter=["n_labeled", "n_failed", "n_skipped"]),
-            **template_config("run_fp"),
+            **settings.template("run_fp"),
         ),
         parameters={"frame_ids": select.outputs.parameters["fp_groups"], "type_map": type_map,
                     "fp_style": fp_style, "fp_params": fp_params, "skip_bad_box": skip_bad_box},
@@ -45,17 +43,18 @@ def fp_step(name: str, key_prefix: str, select: Step, pick_data, fp_files, type_
         with_sequence=argo_sequence(argo_len(select.outputs.parameters["fp_groups"]), format="%06d"),
         key=f"{key_prefix}--run-fp-{{{{item}}}}",
         when=f"{select.outputs.parameters['go_on']} == true",
+        **settings.step("run_fp"),
     )
 
 
 def select_step(name: str, key_prefix: str, state, model_devi, select_params, iter_index,
-                template_config: TemplateConfig) -> Step:
+                settings: StageSettings) -> Step:
     artifacts = {"state": state}
     if model_devi is not None:
         artifacts["model_devi"] = model_devi
     return Step(
         name,
-        template=PythonOPTemplate(SelectConfs, **template_config("select_confs")),
+        template=PythonOPTemplate(SelectConfs, **settings.template("select_confs")),
         parameters={"select_params": select_params, "iter_index": iter_index},
         artifacts=artifacts,
         key=f"{key_prefix}--select-confs",
@@ -65,7 +64,7 @@ def select_step(name: str, key_prefix: str, state, model_devi, select_params, it
 class SimplifyIteration(Steps):
     """One training iteration of simplify, recursing into the next one while frames are selected."""
 
-    def __init__(self, name: str, template_config: TemplateConfig):
+    def __init__(self, name: str, settings: StageSettings):
         super().__init__(name)
         for p in LOOP_PARAMETERS:
             self.inputs.parameters[p] = InputParameter()
@@ -75,14 +74,14 @@ class SimplifyIteration(Steps):
             self.inputs.artifacts[a] = InputArtifact(optional=True)
         for a in ("models", "checkpoints", "dataset"):
             self.outputs.artifacts[a] = OutputArtifact()
-        self._build(template_config)
+        self._build(settings)
 
-    def _build(self, template_config: TemplateConfig) -> None:
+    def _build(self, settings: StageSettings) -> None:
         par, art = self.inputs.parameters, self.inputs.artifacts
         key = str(par["iter_name"])
         prep = Step(
             "prep-train",
-            template=PythonOPTemplate(PrepTrain, **template_config("prep_train")),
+            template=PythonOPTemplate(PrepTrain, **settings.template("prep_train")),
             parameters={"template": par["train_template"], "numb_models": par["numb_models"],
                         "iter_index": par["iter_index"], "options": par["train_options"]},
             artifacts={"state": art["state"], "iter_data": art["iter_data"], "new_data": art["new_data"],
@@ -97,18 +96,19 @@ class SimplifyIteration(Steps):
                 slices=Slices("int('{{item}}')", input_parameter=["task_name"],
                               input_artifact=["task_path", "init_model"],
                               output_artifact=["model", "checkpoint", "lcurve", "log"]),
-                **template_config("run_train"),
+                **settings.template("run_train"),
             ),
             parameters={"task_name": prep.outputs.parameters["task_names"], "config": par["train_config"]},
             artifacts={"task_path": prep.outputs.artifacts["task_paths"], "init_model": art["init_models"],
                        "iter_data": prep.outputs.artifacts["iter_data"], "init_data": art["init_data"]},
             with_sequence=argo_sequence(argo_len(prep.outputs.parameters["task_names"]), format="%04d"),
             key=f"{key}--run-train-{{{{item}}}}",
+            **settings.step("run_train"),
         )
         self.add(train)
         devi = Step(
             "model-devi",
-            template=PythonOPTemplate(ModelDevi, **template_config("model_devi")),
+            template=PythonOPTemplate(ModelDevi, **settings.template("model_devi")),
             parameters={"type_map": par["type_map"], "batch_size": par["model_devi_batch_size"]},
             artifacts={"models": train.outputs.artifacts["model"], "pick_data": art["pick_data"],
                        "state": prep.outputs.artifacts["state"]},
@@ -116,10 +116,10 @@ class SimplifyIteration(Steps):
         )
         self.add(devi)
         select = select_step("select-confs", key, prep.outputs.artifacts["state"], devi.outputs.artifacts["model_devi"],
-                             par["select_params"], par["iter_index"], template_config)
+                             par["select_params"], par["iter_index"], settings)
         self.add(select)
         fp = fp_step("run-fp", key, select, art["pick_data"], art["fp_files"], par["type_map"], par["fp_style"],
-                     par["fp_params"], par["skip_bad_box"], template_config)
+                     par["fp_params"], par["skip_bad_box"], settings)
         self.add(fp)
         next_parameters = {p: par[p] for p in LOOP_PARAMETERS}
         next_parameters.update(iter_index=select.outputs.parameters["next_iter_index"],

@@ -1,0 +1,112 @@
+"""Per-stage settings (`step_configs`, DPGEN2's shape) and the images each stage runs in by default.
+
+    "step_configs": {"run_fp": {"template_config": {"image": "...", "requests": {"cpu": "4"}, "timeout": 7200},
+                                "group_size": 10, "parallelism": 20,
+                                "continue_on_success_ratio": 0.9}}
+
+`template_config` goes to dflow's PythonOPTemplate (the pod: image, resources, node selector,
+tolerations, timeout, retries), the rest to the Step (parallelism, success ratio) or the OP.
+"""
+
+from __future__ import annotations
+
+from dargs import Argument
+
+from dflow_simplify import __version__
+
+STAGES = ("prep_train", "run_train", "model_devi", "select_confs", "run_fp")
+SLICED = ("run_train", "run_fp")  # stages that run as parallel slices
+
+# images/ builds these (images/build.sh tags them with the package version)
+IMAGE_LIGHT = f"dflow-simplify/light:{__version__}"
+IMAGE_DEEPMD = f"dflow-simplify/deepmd:{__version__}"
+IMAGE_FP = {"cp2k": f"dflow-simplify/fp-cp2k:{__version__}", "dftd3": f"dflow-simplify/fp-ase:{__version__}",
+            "ase": f"dflow-simplify/fp-ase:{__version__}", "none": IMAGE_LIGHT}
+
+
+def default_image(stage: str, fp_style: str) -> str | None:
+    if stage in ("prep_train", "select_confs"):
+        return IMAGE_LIGHT
+    if stage in ("run_train", "model_devi"):
+        return IMAGE_DEEPMD
+    return IMAGE_FP.get(fp_style)  # VASP, Gaussian, ...: the user's own image (licences)
+
+
+def _template_args() -> list[Argument]:
+    a = Argument
+    return [
+        a("image", str, optional=True, doc="container image of the stage"),
+        a("image_pull_policy", str, optional=True),
+        a("requests", dict, optional=True, doc='e.g. {"cpu": "2", "memory": "4Gi"}'),
+        a("limits", dict, optional=True, doc='e.g. {"nvidia.com/gpu": "1"}'),
+        a("node_selector", dict, optional=True),
+        a("tolerations", list, optional=True, doc="Kubernetes tolerations (dicts)"),
+        a("timeout", int, optional=True, doc="seconds before the pod is stopped"),
+        a("retry_on_transient_error", int, optional=True, doc="retries of a pod that failed transiently"),
+    ]
+
+
+def stage_args(stage: str) -> Argument:
+    a = Argument
+    fields = [a("template_config", dict, sub_fields=_template_args(), optional=True, default={}),
+              a("envs", dict, optional=True, default={})]
+    if stage in SLICED:
+        fields += [a("parallelism", int, optional=True, doc="at most this many slices at once"),
+                   a("continue_on_success_ratio", [float, int], optional=True,
+                     doc="the step succeeds when this share of its slices did")]
+    if stage == "run_fp":
+        fields.append(a("group_size", int, optional=True, default=10, doc="frames per RunFP slice"))
+    if stage == "model_devi":
+        fields.append(a("batch_size", int, optional=True, default=256, doc="frames per inference batch"))
+    return a(stage, dict, sub_fields=fields, optional=True, default={})
+
+
+def step_configs_args() -> Argument:
+    return Argument("step_configs", dict, sub_fields=[stage_args(s) for s in STAGES], optional=True, default={})
+
+
+def check_step_configs(step_configs: dict) -> dict:
+    """Normalized step_configs; ValueError naming the stage and key when something is off."""
+    arg = step_configs_args()
+    data = arg.normalize_value(step_configs, trim_pattern="_*")
+    arg.check_value(data, strict=True)
+    for stage, conf in data.items():
+        for key in ("group_size", "batch_size", "parallelism"):
+            if conf.get(key) is not None and conf[key] < 1:
+                raise ValueError(f"step_configs.{stage}.{key}: expected a positive integer, got {conf[key]!r}")
+        ratio = conf.get("continue_on_success_ratio")
+        if ratio is not None and not 0 < ratio <= 1:
+            raise ValueError(f"step_configs.{stage}.continue_on_success_ratio: expected (0, 1], got {ratio}")
+    return data
+
+
+class StageSettings:
+    """What each stage's template and step get, from step_configs and the default images."""
+
+    def __init__(self, step_configs: dict, fp_style: str):
+        self.step_configs = step_configs
+        self.fp_style = fp_style
+
+    def conf(self, stage: str) -> dict:
+        return self.step_configs.get(stage, {})
+
+    def template(self, stage: str) -> dict:
+        """PythonOPTemplate keyword arguments."""
+        conf = self.conf(stage)
+        out = {"upload_dflow": False}  # every image and the local venv have dflow installed
+        tc = dict(conf.get("template_config", {}))
+        image = tc.pop("image", None) or default_image(stage, self.fp_style)
+        if image:
+            out["image"] = image
+        out.update({k: v for k, v in tc.items() if v is not None})
+        if conf.get("envs"):
+            out["envs"] = conf["envs"]
+        return out
+
+    def step(self, stage: str) -> dict:
+        """Step keyword arguments (sliced stages only)."""
+        conf = self.conf(stage)
+        return {k: conf[k] for k in ("parallelism", "continue_on_success_ratio") if conf.get(k) is not None}
+
+    def __call__(self, stage: str) -> dict:  # the TemplateConfig callable superop.py expects
+        return self.template(stage)
