@@ -64,7 +64,3 @@ def keys_withheld():
         yield
     finally:
         s3_config.update(saved)
-
-
-def ui_link(workflow_id: str) -> str:
-    return f"{config['host']}/workflows/{config['namespace']}/{workflow_id}"

@@ -91,19 +91,19 @@ def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLik
                    stage=None) -> Workflow:
     """The whole simplify workflow: iteration 0 (random pick, relabel), then the recursive loop.
     `stage(paths) -> artifact` makes the inputs artifacts (inputs.InputStager; local links by default)."""
-    upload_artifact = stage or InputStager()
+    to_artifact = stage or InputStager()
     staging = Path(staging_dir)
     staging.mkdir(parents=True, exist_ok=True)
     LoopState.initial(cfg.systems).dump(staging / "state0.json")
     params = loop_parameters(cfg)
     tconf = StageSettings(cfg.jdata["step_configs"], cfg.fp_style)
 
-    pick_data = upload_artifact(cfg.pick_roots)
-    state0 = upload_artifact(str(staging / "state0.json"))
+    pick_data = to_artifact(cfg.pick_roots)
+    state0 = to_artifact(str(staging / "state0.json"))
     models0 = cfg.iter0_models or _placeholder_models(cfg.jdata["numb_models"], staging / "no-model")
-    init_models = upload_artifact(models0)
+    init_models = to_artifact(models0)
 
-    fp_files = upload_artifact(_stage_fp_files(cfg.fp_files, staging / "fp_files")) if cfg.fp_files else None
+    fp_files = to_artifact(_stage_fp_files(cfg.fp_files, staging / "fp_files")) if cfg.fp_files else None
 
     key0 = iter_name(0)
     select0 = select_step("iter0-select-confs", key0, state0, None, params["select_params"], 0, tconf)
@@ -112,7 +112,7 @@ def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLik
     artifacts = {"pick_data": pick_data, "state": select0.outputs.artifacts["state"], "init_models": init_models,
                  "new_data": fp0.outputs.artifacts["labeled_data"], "fp_failures": fp0.outputs.artifacts["failures"]}
     if cfg.init_data:
-        artifacts["init_data"] = upload_artifact(cfg.init_data)
+        artifacts["init_data"] = to_artifact(cfg.init_data)
     if fp_files is not None:
         artifacts["fp_files"] = fp_files
     loop = Step(

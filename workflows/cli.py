@@ -141,10 +141,10 @@ def run_local(cfg: SimplifyConfig, config_path: Path, output: Path) -> int:
 def render(cfg: SimplifyConfig, config_path: Path, target: Path) -> int:
     """The manifest an Argo submission would send: Argo and S3 settings from the config (DFLOW_* otherwise),
     input keys computed from content hashes, no upload, no server, no S3 keys in it."""
-    from .argo import ArgoSettingsError, keys_withheld, set_argo_mode
+    from .argo import ArgoSettingsError, argo_host, keys_withheld, set_argo_mode
 
     dflow_conf = dict(cfg.jdata["dflow_config"])
-    dflow_conf.setdefault("host", os.environ.get("DFLOW_HOST") or "https://127.0.0.1:2746")
+    dflow_conf["host"] = argo_host(dflow_conf) or "https://127.0.0.1:2746"  # rendering needs no server
     try:
         set_argo_mode(dflow_conf, cfg.jdata["dflow_s3_config"])  # before any Step is built
     except ArgoSettingsError as e:

@@ -11,7 +11,7 @@ import dpdata
 from dargs import Argument
 
 from .base import register
-from .external import ExternalEngine, first_frame, present_elements, resolve
+from .external import ExternalEngine, copy_input, first_frame, present_elements, resolve
 
 
 def read_input_file(text: str) -> dict:
@@ -69,16 +69,11 @@ class Abacus(ExternalEngine):
         if params.get("k_points") is not None and len(params["k_points"]) != 6:
             raise ValueError("k_points: expected 6 integers (3 mesh sizes and 3 shifts)")
 
-    def _copy(self, files_dir, name: str, workdir: Path) -> str:
-        src = resolve(files_dir, name)
-        (workdir / src.name).write_bytes(src.read_bytes())
-        return src.name
-
     def write_inputs(self, frame, workdir: Path, params: dict, files_dir) -> None:
         elements = present_elements(frame)
         index = [self.type_map.index(e) for e in elements]
-        pp = [self._copy(files_dir, params["pp_files"][i], workdir) for i in index]
-        orb = [self._copy(files_dir, params["orb_files"][i], workdir) for i in index] if params.get("orb_files") else None
+        pp = [copy_input(files_dir, params["pp_files"][i], workdir) for i in index]
+        orb = [copy_input(files_dir, params["orb_files"][i], workdir) for i in index] if params.get("orb_files") else None
         frame.to("abacus/stru", str(workdir / "STRU"), pp_file=pp, numerical_orbital=orb)
         values = read_input_file(resolve(files_dir, params["input_file"]).read_text()) if params.get("input_file") else {}
         values.update({k: str(v) for k, v in params.get("input", {}).items()})

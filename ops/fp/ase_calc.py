@@ -44,7 +44,7 @@ class ASECalculator(Engine):
             Argument("kwargs", dict, optional=True, default={}, doc="keyword arguments of the calculator"),
         ]
 
-    def label(self, frame: dpdata.System, workdir: str, params: dict, files=None) -> dpdata.LabeledSystem:
+    def label(self, frame: dpdata.System, workdir: str, params: dict, files_dir=None) -> dpdata.LabeledSystem:
         atoms = frame.to("ase/structure")[0]
         e, f, v = ase_labels(atoms, make_calculator(params["calculator"], params.get("kwargs")))
         return labeled_frame(frame, e, f, v)

@@ -1,11 +1,12 @@
 """The FP engine interface and its registry.
 
-An engine labels one frame: ``label(frame, workdir, params, files) -> dpdata.LabeledSystem``. It keeps
+An engine labels one frame: ``label(frame, workdir, params, files_dir) -> dpdata.LabeledSystem``. It keeps
 the frame's own cell and coordinates and sets energy (eV), forces (eV/A) and, for periodic cells,
 virial (eV). Engines that run an external code (`external.py`: CP2K, VASP, ...) write inputs into
 `workdir`, run a command there and parse its output; in-process engines (dftd3, ase) just compute.
 Each engine declares its `fp_params` with dargs, so that a config is checked before anything runs;
-`files` maps the basenames of the input files the config named (pseudopotentials, templates) to paths.
+`files_dir` is the folder holding the input files the config named (pseudopotentials, templates), under
+the names the config check gave them in fp_params.
 """
 
 from __future__ import annotations
@@ -44,8 +45,7 @@ class Engine:
     def check(self, params: dict, type_map: list[str]) -> None:
         """Raise ValueError naming the fp_params key when `params` cannot work for `type_map`."""
 
-    def label(self, frame: dpdata.System, workdir: str, params: dict,
-              files: dict[str, str] | None = None) -> dpdata.LabeledSystem:
+    def label(self, frame: dpdata.System, workdir: str, params: dict, files_dir=None) -> dpdata.LabeledSystem:
         raise NotImplementedError
 
 

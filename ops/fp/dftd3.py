@@ -57,7 +57,7 @@ class DFTD3(Engine):
                      doc="cutoffs in Bohr: {disp2, disp3, cn} (library defaults 60, 40, 40)"),
         ]
 
-    def label(self, frame: dpdata.System, workdir: str, params: dict, files=None) -> dpdata.LabeledSystem:
+    def label(self, frame: dpdata.System, workdir: str, params: dict, files_dir=None) -> dpdata.LabeledSystem:
         symbols = [frame["atom_names"][t] for t in frame["atom_types"]]
         e, f, v = d3_correction(symbols, frame["coords"][0], frame["cells"][0], not frame.nopbc,
                                 params.get("method", "pbe"), params.get("damping", "d3bj"),

@@ -10,6 +10,7 @@ maps forces back onto the input frame, whose own cell and coordinates are kept.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -57,6 +58,20 @@ def resolve(files_dir: str | os.PathLike | None, name: str) -> Path:
     if not path.is_file():
         raise FPTaskError(f"input file {name} is missing in the RunFP step (looked for {path})")
     return path
+
+
+def copy_input(files_dir, name: str, workdir: Path) -> str:
+    """Copy a named input file (a pseudopotential, an orbital file) into the task folder; its file name."""
+    src = resolve(files_dir, name)
+    (workdir / src.name).write_bytes(src.read_bytes())
+    return src.name
+
+
+def kpoint_mesh(cell: np.ndarray, spacing: float | list[float]) -> list[int]:
+    """ceil(2 pi |b_i| / spacing_i) k-points along each reciprocal vector (one spacing or one per axis)."""
+    spacings = [spacing] * 3 if np.isscalar(spacing) else list(spacing)
+    rec = np.linalg.inv(cell).T
+    return [max(1, math.ceil(2 * math.pi * np.linalg.norm(rec[i]) / spacings[i])) for i in range(3)]
 
 
 def present_elements(frame: dpdata.System) -> list[str]:

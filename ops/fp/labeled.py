@@ -11,5 +11,5 @@ from .base import Engine, register
 class Labeled(Engine):
     needs_input_labels = True
 
-    def label(self, frame: dpdata.System, workdir: str, params: dict, files=None) -> dpdata.LabeledSystem:
+    def label(self, frame: dpdata.System, workdir: str, params: dict, files_dir=None) -> dpdata.LabeledSystem:
         return frame

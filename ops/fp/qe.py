@@ -5,16 +5,14 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import dpdata
-import numpy as np
 from ase.data import atomic_masses, atomic_numbers
 from dargs import Argument
 
 from .base import register
-from .external import ExternalEngine, first_frame, present_elements, resolve
+from .external import ExternalEngine, copy_input, first_frame, kpoint_mesh, present_elements
 
 INPUT, OUTPUT = "input", "output"
 NAMELISTS = ("control", "system", "electrons")
@@ -26,11 +24,6 @@ def fortran(value) -> str:
     if isinstance(value, str):
         return f"'{value}'"
     return str(value)
-
-
-def kpoint_mesh(cell: np.ndarray, kspacing: float) -> list[int]:
-    rec = np.linalg.inv(cell).T
-    return [max(1, math.ceil(2 * math.pi * np.linalg.norm(rec[i]) / kspacing)) for i in range(3)]
 
 
 def pw_input(frame: dpdata.System, namelists: dict, pseudos: dict[str, str], k_points: list[int] | None) -> str:
@@ -96,11 +89,8 @@ class QuantumEspresso(ExternalEngine):
             raise ValueError(f"namelists: unknown {unknown}; expected some of {list(NAMELISTS)}")
 
     def write_inputs(self, frame, workdir: Path, params: dict, files_dir) -> None:
-        pseudos = {}
-        for element in present_elements(frame):
-            src = resolve(files_dir, params["pp_files"][self.type_map.index(element)])
-            pseudos[element] = src.name
-            (workdir / src.name).write_bytes(src.read_bytes())
+        pseudos = {e: copy_input(files_dir, params["pp_files"][self.type_map.index(e)], workdir)
+                   for e in present_elements(frame)}
         k_points = params.get("k_points")
         if params.get("kspacing") and not frame.nopbc:
             k_points = kpoint_mesh(frame["cells"][0], params["kspacing"])

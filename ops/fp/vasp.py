@@ -5,7 +5,6 @@ file. VASP itself cannot be shipped: the command names the user's binary. Output
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import dpdata
@@ -13,13 +12,12 @@ import numpy as np
 from dargs import Argument
 
 from .base import register
-from .external import ExternalEngine, first_frame, present_elements, resolve
+from .external import ExternalEngine, first_frame, kpoint_mesh, present_elements, resolve
 
 
 def kpoints_from_spacing(cell: np.ndarray, spacing: list[float]) -> str:
     """A Gamma-centred KPOINTS with ceil(2 pi |b_i| / spacing_i) points along each reciprocal vector."""
-    rec = np.linalg.inv(cell).T
-    mesh = [max(1, math.ceil(2 * math.pi * np.linalg.norm(rec[i]) / spacing[i])) for i in range(3)]
+    mesh = kpoint_mesh(cell, spacing)
     return "Automatic mesh from fp_aniso_kspacing\n0\nGamma\n%d %d %d\n0 0 0\n" % tuple(mesh)
 
 
