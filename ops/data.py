@@ -168,6 +168,29 @@ def iter_frames(roots, ids: dict[str, list[int]], type_map, labeled: bool):
         yield key, list(ids[key]), system.sub_system(list(ids[key]))
 
 
+def extract_frames(roots, ids: dict[str, list[int]], type_map, labeled: bool, out_dir) -> None:
+    """Copy the frames `ids` of `pick_data` into `out_dir` (deepmd/npy, one folder per system, plus
+    `origin.json`: folder -> [system key, frame ids]), so that a labeling task reads only its own frames."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    origin = {}
+    for n, (key, frame_ids, system) in enumerate(iter_frames(roots, ids, type_map, labeled)):
+        name = "%04d" % n
+        system.to_deepmd_npy(str(out_dir / name), set_size=10**9)
+        origin[name] = [key, frame_ids]
+    (out_dir / "origin.json").write_text(json.dumps(origin))
+
+
+def extracted_frames(group_dir) -> tuple[list[str], dict[str, list[int]], dict[tuple[str, int], tuple[str, int]]]:
+    """(roots, frame ids, local (system, frame) -> original (system, frame)) of an `extract_frames` folder."""
+    origin = json.loads(Path(group_dir, "origin.json").read_text())
+    ids, to_original = {}, {}
+    for name, (key, frame_ids) in origin.items():
+        ids["0/" + name] = list(range(len(frame_ids)))
+        to_original.update({("0/" + name, j): (key, int(f)) for j, f in enumerate(frame_ids)})
+    return [str(group_dir)], ids, to_original
+
+
 def save_labeled(multi: dpdata.MultiSystems, sources: dict[str, list[tuple[str, int]]], out_dir) -> None:
     """Write labeled frames as deepmd/npy (one dir per formula) plus `frame_ids.json` per dir."""
     os.makedirs(out_dir, exist_ok=True)

@@ -17,14 +17,15 @@ from typing import List
 import dpdata
 from dflow.python import OP, OPIO, Artifact, OPIOSign
 
-from .data import iter_frames, save_labeled
+from .data import extracted_frames, iter_frames, save_labeled
 from .fp.bad_box import bad_box_reason, parse_criteria
 from .fp.base import FPTaskError, get_engine
 
 
 def label_frames(roots, frame_ids: dict[str, list[int]], type_map, fp_style: str, fp_params: dict,
-                 workdir: str | os.PathLike, files_dir=None, skip_bad_box: str | None = None):
-    """Label every frame; returns (MultiSystems, {formula: [(system, frame), ...]}, failures)."""
+                 workdir: str | os.PathLike, files_dir=None, skip_bad_box: str | None = None, origin=None):
+    """Label every frame; returns (MultiSystems, {formula: [(system, frame), ...]}, failures).
+    `origin` maps (system, frame) of `roots` to the frame's id in pick_data, for records and sources."""
     engine = get_engine(fp_style)
     criteria = parse_criteria(skip_bad_box) if skip_bad_box else {}
     multi = dpdata.MultiSystems(type_map=type_map)
@@ -32,13 +33,14 @@ def label_frames(roots, frame_ids: dict[str, list[int]], type_map, fp_style: str
     failures = []
     for key, ids, system in iter_frames(roots, frame_ids, type_map, labeled=engine.needs_input_labels):
         for j, fid in enumerate(ids):
-            record = {"system": key, "frame": fid, "engine": fp_style}
+            src_key, src_frame = origin[(key, fid)] if origin else (key, fid)
+            record = {"system": src_key, "frame": src_frame, "engine": fp_style}
             frame = system[j]
             bad = None if frame.nopbc or not criteria else bad_box_reason(frame["cells"][0], criteria)
             if bad:
                 failures.append(dict(record, kind="bad_box", reason=bad, log_tail=[]))
                 continue
-            task_dir = Path(workdir, "task.%s.%06d" % (key.replace("/", "_").replace("#", "_"), fid))
+            task_dir = Path(workdir, "task.%s.%06d" % (src_key.replace("/", "_").replace("#", "_"), src_frame))
             task_dir.mkdir(parents=True, exist_ok=True)
             try:
                 labeled = engine.label(frame, str(task_dir), fp_params, files_dir)
@@ -50,7 +52,7 @@ def label_frames(roots, frame_ids: dict[str, list[int]], type_map, fp_style: str
                                      log_tail=traceback.format_exc().splitlines()[-5:]))
                 continue
             multi.append(labeled)
-            sources.setdefault(labeled.formula, []).append((key, fid))
+            sources.setdefault(labeled.formula, []).append((src_key, src_frame))
     return multi, sources, failures
 
 
@@ -60,8 +62,7 @@ class RunFP(OP):
     @classmethod
     def get_input_sign(cls):
         return OPIOSign({
-            "frame_ids": dict,
-            "pick_data": Artifact(List[Path]),
+            "frames": Artifact(Path),
             "type_map": List[str],
             "fp_style": str,
             "fp_params": dict,
@@ -76,11 +77,13 @@ class RunFP(OP):
 
     @OP.exec_sign_check
     def execute(self, ip: OPIO) -> OPIO:
+        # the group's frames, extracted from pick_data by SelectConfs (pick_data itself never comes here)
+        roots, ids, origin = extracted_frames(ip["frames"])
         # slices' outputs are merged by path: name this group's folder after its (disjoint) frames
-        group = "group." + hashlib.sha1(json.dumps(ip["frame_ids"], sort_keys=True).encode()).hexdigest()[:12]
+        group = "group." + hashlib.sha1(json.dumps(sorted(origin.values())).encode()).hexdigest()[:12]
         multi, sources, failures = label_frames(
-            [str(r) for r in ip["pick_data"]], ip["frame_ids"], ip["type_map"], ip["fp_style"], ip["fp_params"],
-            Path(group, "tasks").absolute(), ip["fp_files"], ip["skip_bad_box"] or None)
+            roots, ids, ip["type_map"], ip["fp_style"], ip["fp_params"],
+            Path(group, "tasks").absolute(), ip["fp_files"], ip["skip_bad_box"] or None, origin)
         save_labeled(multi, sources, Path("labeled", group))
         Path(group, "failures.json").write_text(json.dumps(failures, indent=1))
         n_skipped = sum(f["kind"] == "bad_box" for f in failures)

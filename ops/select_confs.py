@@ -20,7 +20,7 @@ from typing import List
 import numpy as np
 from dflow.python import OP, OPIO, Artifact, OPIOSign
 
-from .data import LoopState, flatten, group_ids, write_frame_ids
+from .data import LoopState, extract_frames, flatten, group_ids, write_frame_ids
 from .model_devi import read_model_devi
 
 FAILED, CANDIDATE, ACCURATE = "failed", "candidate", "accurate"
@@ -106,6 +106,7 @@ class SelectConfs(OP):
         return OPIOSign({
             "state": Artifact(Path),
             "model_devi": Artifact(Path, optional=True),
+            "pick_data": Artifact(List[Path]),
             "select_params": dict,
             "iter_index": int,
         })
@@ -118,6 +119,7 @@ class SelectConfs(OP):
             "report": Artifact(Path),
             "n_selected": int,
             "fp_groups": List[dict],
+            "fp_inputs": Artifact(List[Path]),
             "go_on": bool,
             "next_iter_index": int,
             "next_iter_name": str,
@@ -137,6 +139,12 @@ class SelectConfs(OP):
         stop_iter = p.get("stop_iter")
         go_on = counts["n_selected"] > 0 and (stop_iter is None or it < stop_iter)
         groups = split_groups(picked, p.get("group_size", 1)) if go_on else []
+        # each RunFP task gets its group's frames, not pick_data: per iteration only the picks move
+        roots = [str(r) for r in ip["pick_data"]]
+        fp_inputs = []
+        for g, ids in enumerate(groups):
+            extract_frames(roots, ids, p["type_map"], p["keep_labels"], Path("fp_inputs", "%06d" % g))
+            fp_inputs.append(Path("fp_inputs", "%06d" % g))
         report = dict(iteration=it, **counts, n_pool_left=LoopState.count(new_state.pool), go_on=go_on,
                       fp_groups=len(groups))
         Path("select_report.json").write_text(json.dumps(report))
@@ -146,6 +154,7 @@ class SelectConfs(OP):
             "report": Path("select_report.json"),
             "n_selected": counts["n_selected"],
             "fp_groups": groups,
+            "fp_inputs": fp_inputs,
             "go_on": go_on,
             "next_iter_index": it + 1,
             "next_iter_name": iter_name(it + 1),

@@ -6,7 +6,9 @@ condition, the artifact repository is referenced by key, and no S3 key is in the
 """
 
 import json
+import os
 import re
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -14,7 +16,7 @@ from hera.workflows.models import Workflow as HeraWorkflow
 
 from .conftest import run_cli
 
-ACCESS, SECRET = "AKIA-RENDER-TEST-ACCESS", "render-test-secret-9f3b1c"
+ACCESS, SECRET, TOKEN = "AKIA-RENDER-TEST-ACCESS", "render-test-secret-9f3b1c", "render-test-token-4d2e"
 
 
 def strict_schema() -> dict:
@@ -38,7 +40,8 @@ def strict_schema() -> dict:
 def manifest(example, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("render")
     j = json.loads((example / "config.json").read_text())
-    j["dflow_config"] = {"host": "https://argo.example.org:2746", "namespace": "simplify"}
+    j["dflow_config"] = {"host": "https://argo.example.org:2746", "namespace": "simplify",
+                         "service_account": "simplify-workflow", "token": TOKEN}
     j["dflow_s3_config"] = {"endpoint": "minio.example.org:9000", "bucket_name": "simplify", "access_key": ACCESS,
                             "secret_key": SECRET, "repo_key": "simplify-s3",
                             "repo": {"s3": {"bucket": "simplify", "endpoint": "minio.example.org:9000"}}}
@@ -46,11 +49,12 @@ def manifest(example, tmp_path_factory) -> dict:
                                     "parallelism": 4, "group_size": 5}}
     for name in ("data", "models"):
         (tmp / name).symlink_to(example / name)
-    (tmp / "config.json").write_text(json.dumps(j))
-    proc = run_cli([tmp / "config.json", "--render", tmp / "manifest.json"])
+    (tmp / "render.json").write_text(json.dumps(j))  # the workflow's name: simplify-render
+    proc = run_cli([tmp / "render.json", "--render", tmp / "manifest.json"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (tmp / "manifest.json").read_text()
     assert ACCESS not in text and SECRET not in text, "an S3 key leaked into the manifest"
+    assert TOKEN not in text, "the Argo token leaked into the manifest"
     return json.loads(text)
 
 
@@ -67,6 +71,7 @@ def test_references_exist_and_recursion_is_guarded(manifest):
     templates = {t["name"]: t for t in manifest["spec"]["templates"]}
     assert manifest["spec"]["entrypoint"] in templates
     assert manifest["spec"]["artifactRepositoryRef"] == {"key": "simplify-s3"}
+    assert manifest["spec"]["serviceAccountName"] == "simplify-workflow"  # dflow alone always writes "argo"
     recursive_calls = 0
     for name, t in templates.items():
         steps = [s for group in t.get("steps", []) for s in group]
@@ -100,5 +105,74 @@ def test_stage_settings_and_images_reach_the_pods(manifest):
     assert len(calls) == 2 and all("withSequence" in s for s in calls)  # iteration 0 and the loop's
     assert '"parallelism": 4' in json.dumps(manifest)
     # inputs are referenced by content-hash keys in the bucket, not embedded
-    keys = re.findall(r'"key": "(simplify-inputs/[0-9a-f]{64}/)"', json.dumps(manifest))
+    keys = re.findall(r'"key": "(simplify-inputs/[0-9a-f]{64})"', json.dumps(manifest))
     assert len(set(keys)) >= 3
+
+
+GOLDEN = Path(__file__).parent / "data" / "golden" / "argo-manifest.json"
+
+
+def normalized(manifest: dict) -> dict:
+    """Random suffixes of template names and input content hashes replaced; each OP script reduced to its
+    lines naming this package (the rest is dflow's own boilerplate, which changes with dflow's version)."""
+    text = json.dumps(manifest, indent=1, sort_keys=True)
+    names = sorted({t["name"] for t in manifest["spec"]["templates"]}, key=len, reverse=True)
+    for n in names:
+        text = re.sub(rf'"{re.escape(n)}"', '"' + re.sub(r"(-[a-z0-9]{5})+(?=(-init-artifact)?$)", "-*", n) + '"', text)
+    text = re.sub(r"[0-9a-f]{64}", "<sha256>", text)
+    out = json.loads(text)
+    for t in out["spec"]["templates"]:
+        if "script" in t:
+            t["script"]["source"] = [ln for ln in t["script"]["source"].splitlines() if "dflow_simplify" in ln]
+    return out
+
+
+def test_manifest_matches_the_golden_file(manifest):
+    """Any change to the workflow's structure shows here; regenerate with UPDATE_GOLDEN=1 after checking it."""
+    got = normalized(manifest)
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    assert got == json.loads(GOLDEN.read_text()), "the rendered workflow changed (UPDATE_GOLDEN=1 to accept)"
+
+
+HPC = {"type": "dispatcher", "host": "hpc.example.org", "username": "alice", "image": "dflow-simplify/deepmd:0.1.0",
+       "machine_dict": {"batch_type": "Slurm", "context_type": "SSHContext", "remote_root": "/scratch/alice/simplify",
+                        "remote_profile": {"key_filename": "/home/alice/.ssh/id_ed25519"}},
+       "resources_dict": {"number_node": 1, "cpu_per_node": 8, "queue_name": "cpu", "group_size": 1}}
+
+
+def _render_with(example, tmp_path, step_configs) -> tuple:
+    j = json.loads((example / "config.json").read_text())
+    j["dflow_config"] = {"host": "https://argo.example.org:2746", "namespace": "simplify"}
+    j["dflow_s3_config"] = {"endpoint": "minio.example.org:9000", "bucket_name": "simplify"}
+    j["step_configs"] = step_configs
+    for name in ("data", "models"):
+        (tmp_path / name).symlink_to(example / name)
+    (tmp_path / "config.json").write_text(json.dumps(j))
+    proc = run_cli([tmp_path / "config.json", "--render", tmp_path / "m.json"])
+    return proc, (json.loads((tmp_path / "m.json").read_text()) if proc.returncode == 0 else None)
+
+
+def test_hpc_executor_runs_training_through_dpdispatcher(example, tmp_path):
+    proc, manifest = _render_with(example, tmp_path, {"run_train": {"executor": HPC}})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    train = [t for t in manifest["spec"]["templates"] if t["name"].startswith("runtrain")
+             and not t["name"].endswith("init-artifact")]
+    assert train and all(t["script"]["image"] == HPC["image"] for t in train)
+    assert all("dpdispatcher" in t["script"]["source"] and "hpc.example.org" in t["script"]["source"] for t in train)
+    assert not list(jsonschema.Draft202012Validator(strict_schema()).iter_errors(manifest))
+    helpers = {t["script"]["image"] for t in manifest["spec"]["templates"] if t["name"].endswith("init-artifact")}
+    assert helpers == {"dflow-simplify/light:0.1.0"}  # no python:3.8 pulled from a public registry
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"type": "slurm"}, 'run_fp.executor.type: expected "dispatcher"'),
+    ({"type": "dispatcher", "hots": "x"}, "run_fp.executor: unknown key(s) ['hots']"),
+    ({"type": "dispatcher", "private_key_file": "id_rsa"}, "would upload the SSH key into the bucket"),
+    ({"type": "dispatcher", "machine_dict": {"remote_profile": {"password": "x"}}},
+     "run_fp.executor.machine_dict.remote_profile.password: would be written into the workflow manifest"),
+])
+def test_bad_executor_is_refused_before_anything_is_built(example, tmp_path, bad, message):
+    proc, _ = _render_with(example, tmp_path, {"run_fp": {"executor": bad}})
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1500:]

@@ -19,6 +19,7 @@ from ase.units import Bohr
 from dflow.python import OPIO
 
 from dflow_simplify.ops.fp.dftd3 import d3_correction
+from dflow_simplify.ops.data import extract_frames
 from dflow_simplify.ops.run_fp import RunFP
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ag-au-cp2k"
@@ -42,8 +43,9 @@ def run_fp(tmp_path: Path, name: str, pick: Path, d3: bool) -> dpdata.MultiSyste
     work = tmp_path / name
     work.mkdir()
     os.chdir(work)
+    extract_frames([str(pick)], {"0/Ag2Au2": [0, 1]}, ["Ag", "Au"], False, work / "frames")  # as SelectConfs does
     out = RunFP().execute(OPIO({
-        "frame_ids": {"0/Ag2Au2": [0, 1]}, "pick_data": [pick], "type_map": ["Ag", "Au"], "fp_style": "cp2k",
+        "frames": work / "frames", "type_map": ["Ag", "Au"], "fp_style": "cp2k",
         "fp_params": {"command": "cp2k.psmp -i input.inp -o output", "envs": {"OMP_NUM_THREADS": "1"},
                       "timeout": 300, "input": cp2k_input(d3)},
         "fp_files": None, "skip_bad_box": "length_ratio:5;height_ratio:5"}))

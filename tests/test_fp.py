@@ -92,3 +92,31 @@ def test_a_failing_engine_is_recorded_not_raised(tmp_path):
     finally:
         ENGINES.pop("always-fails-test")
     assert LoopState.count({"a": [1, 2]}) == 2
+
+
+def test_runfp_labels_only_its_extracted_group_and_names_the_original_frames(tmp_path, monkeypatch):
+    """SelectConfs extracts each group's frames; RunFP reads that folder (never pick_data) and records
+    labels and failures under the frames' ids in pick_data."""
+    from dflow.python import OPIO
+
+    from dflow_simplify.ops.data import extract_frames
+    from dflow_simplify.ops.run_fp import RunFP
+
+    frames = [_atoms(s) for s in range(6)]
+    for a in frames:
+        a.calc = EMT()
+    multi = dpdata.MultiSystems(type_map=["Ag", "Au"])
+    for a in frames:
+        multi.append(dpdata.LabeledSystem(a, fmt="ase/structure", type_map=["Ag", "Au"]))
+    multi.to_deepmd_npy(str(tmp_path / "pick"))
+    extract_frames([str(tmp_path / "pick")], {"0/Ag6Au2": [3, 5]}, ["Ag", "Au"], True, tmp_path / "group")
+    assert dpdata.LabeledSystem(str(tmp_path / "group" / "0000"), fmt="deepmd/npy").get_nframes() == 2
+    monkeypatch.chdir(tmp_path)
+    out = RunFP().execute(OPIO({"frames": tmp_path / "group", "type_map": ["Ag", "Au"], "fp_style": "dftd3",
+                                "fp_params": {"method": "pbe", "damping": "d3bj"}, "fp_files": None,
+                                "skip_bad_box": ""}))
+    assert out["n_labeled"] == 2 and out["n_failed"] == 0
+    ids = json.loads((tmp_path / out["labeled_data"] / "Ag6Au2" / "frame_ids.json").read_text())
+    assert ids == [["0/Ag6Au2", 3], ["0/Ag6Au2", 5]]
+    labeled = dpdata.LabeledSystem(str(tmp_path / out["labeled_data"] / "Ag6Au2"), fmt="deepmd/npy")
+    np.testing.assert_allclose(labeled["coords"][1], frames[5].positions, atol=1e-10)

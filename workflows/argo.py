@@ -1,9 +1,10 @@
 """Argo mode: settings from `dflow_config` / `dflow_s3_config` (DPGEN2's names) over `DFLOW_*` variables.
 
-Secrets never enter a manifest: dflow writes its whole `s3_config`, keys included, into every OP's
-script. The workflow is therefore built and rendered with the keys blanked (`keys_withheld`); pods get
-S3 access from the cluster's artifact repository (Argo's `artifactRepositoryRef`: a ConfigMap naming a
-Kubernetes Secret, see helm/), and the keys are only used on this side, for uploads and downloads.
+Secrets never enter a manifest: dflow writes its whole `config` (the Argo token included) and
+`s3_config` (the S3 keys included) into every OP's script. The workflow is therefore built, rendered
+and submitted with them blanked (`secrets_withheld`); pods get S3 access from the cluster's artifact
+repository (Argo's `artifactRepositoryRef`: a ConfigMap naming a Kubernetes Secret, see helm/), and the
+secrets are only used on this side: the token for Argo's API, the keys for uploads and downloads.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dflow import config, s3_config
 # dflow_config keys a user may set, and the DFLOW_* variables dflow itself reads for them
 ARGO_KEYS = ("host", "namespace", "token", "k8s_config_file", "k8s_api_server", "service_account")
 S3_KEYS = ("endpoint", "console", "bucket_name", "access_key", "secret_key", "secure", "prefix", "repo_key", "repo")
-SECRET_KEYS = ("access_key", "secret_key")
+SECRET_KEYS = ("access_key", "secret_key")  # of s3_config
+SECRET_CONFIG = ("token",)  # of dflow's config
 
 
 class ArgoSettingsError(ValueError):
@@ -33,17 +35,32 @@ def set_argo_mode(dflow_conf: dict, s3_conf: dict) -> dict:
     unknown = sorted(set(dflow_conf) - set(ARGO_KEYS))
     if unknown:
         raise ArgoSettingsError(f"dflow_config: unknown key(s) {unknown}; expected some of {list(ARGO_KEYS)}")
-    unknown = sorted(set(s3_conf) - set(S3_KEYS))
-    if unknown:
-        raise ArgoSettingsError(f"dflow_s3_config: unknown key(s) {unknown}; expected some of {list(S3_KEYS)}")
     host = argo_host(dflow_conf)
     if not host.startswith(("http://", "https://")):
         raise ArgoSettingsError(f"dflow_config.host: expected an http(s) URL of the Argo server, got {host!r}")
     config["mode"] = "default"
     config["host"] = host.rstrip("/")
+    if not os.environ.get("DFLOW_UTIL_IMAGE"):  # dflow's helper pods: our light image, not python:3.8 from a registry
+        from .step_config import IMAGE_LIGHT
+
+        config["util_image"] = IMAGE_LIGHT
     for key in ("namespace", "token", "k8s_config_file", "k8s_api_server"):
         if dflow_conf.get(key):
             config[key] = dflow_conf[key]
+    set_s3(s3_conf)
+    return {"host": config["host"], "namespace": config["namespace"], "endpoint": s3_config["endpoint"],
+            "bucket_name": s3_config["bucket_name"], "repo_key": s3_config["repo_key"]}
+
+
+def ui_link(host: str, namespace: str, workflow_id: str) -> str:
+    return f"{host.rstrip('/')}/workflows/{namespace}/{workflow_id}"
+
+
+def set_s3(s3_conf: dict) -> None:
+    """dflow's S3 settings from `dflow_s3_config` (over DFLOW_S3_* variables)."""
+    unknown = sorted(set(s3_conf) - set(S3_KEYS))
+    if unknown:
+        raise ArgoSettingsError(f"dflow_s3_config: unknown key(s) {unknown}; expected some of {list(S3_KEYS)}")
     if s3_conf.get("repo_key") and not s3_conf.get("repo"):
         # dflow would read the ConfigMap from the cluster to learn the bucket's key prefix
         raise ArgoSettingsError("dflow_s3_config.repo_key needs dflow_s3_config.repo (the artifact repository, "
@@ -51,16 +68,32 @@ def set_argo_mode(dflow_conf: dict, s3_conf: dict) -> dict:
     s3_config.update({k: v for k, v in s3_conf.items() if k in S3_KEYS})
     if s3_conf.get("repo"):
         s3_config["repo_type"] = "s3" if "s3" in s3_conf["repo"] else "oss"
-    return {"host": config["host"], "namespace": config["namespace"], "endpoint": s3_config["endpoint"],
-            "bucket_name": s3_config["bucket_name"], "repo_key": s3_config["repo_key"]}
 
 
 @contextlib.contextmanager
-def keys_withheld():
-    """Build and render the workflow without the S3 keys in dflow's config (they would be in every script)."""
+def secrets_withheld():
+    """Blank the token and the S3 keys in dflow's settings (they would be written into every OP script)
+    and yield them, for the calls that need them on this side."""
     saved = {k: s3_config[k] for k in SECRET_KEYS}
+    saved.update({k: config[k] for k in SECRET_CONFIG})
     s3_config.update({k: None for k in SECRET_KEYS})
+    config.update({k: None for k in SECRET_CONFIG})
+    try:
+        yield dict(saved)
+    finally:
+        s3_config.update({k: saved[k] for k in SECRET_KEYS})
+        config.update({k: saved[k] for k in SECRET_CONFIG})
+
+
+@contextlib.contextmanager
+def s3_keys(secrets: dict | None):
+    """The S3 keys back in place for one client-side call (an upload, a listing) while they are withheld."""
+    if not secrets:
+        yield
+        return
+    held = {k: s3_config[k] for k in SECRET_KEYS}
+    s3_config.update({k: secrets.get(k) for k in SECRET_KEYS})
     try:
         yield
     finally:
-        s3_config.update(saved)
+        s3_config.update(held)

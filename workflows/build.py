@@ -9,6 +9,7 @@ from pathlib import Path
 from dflow import Step, Workflow
 
 from dflow_simplify.ops.data import LoopState
+from dflow_simplify.ops.fp.base import get_engine
 from dflow_simplify.ops.select_confs import iter_name
 
 from .config import SimplifyConfig
@@ -17,6 +18,18 @@ from .step_config import StageSettings
 from .superop import SimplifyIteration, fp_step, select_step
 
 LOOP_KEY = iter_name(1) + "--iteration"
+
+
+class SimplifyWorkflow(Workflow):
+    """dflow's Workflow, with the pods' service account settable (dflow always writes `argo`)."""
+
+    service_account: str | None = None
+
+    def convert_to_argo(self, reuse_step=None):
+        manifest = super().convert_to_argo(reuse_step=reuse_step)
+        if self.service_account:
+            manifest.spec.service_account_name = self.service_account
+        return manifest
 
 
 def loop_parameters(cfg: SimplifyConfig) -> dict:
@@ -66,6 +79,7 @@ def select_parameters(cfg: SimplifyConfig) -> dict:
         "fp_accurate_soft_threshold": j.get("fp_accurate_soft_threshold"),
         "seed": j["pick_seed"], "stop_iter": j.get("stop_iter"),
         "group_size": int(j["step_configs"].get("run_fp", {}).get("group_size") or 10),
+        "type_map": j["type_map"], "keep_labels": get_engine(cfg.fp_style).needs_input_labels,
     }
 
 
@@ -88,9 +102,10 @@ def _stage_fp_files(files: dict[str, str], where: Path) -> str:
 
 
 def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLike, workflow_id: str | None = None,
-                   stage=None) -> Workflow:
+                   stage=None, token: str | None = None) -> Workflow:
     """The whole simplify workflow: iteration 0 (random pick, relabel), then the recursive loop.
-    `stage(paths) -> artifact` makes the inputs artifacts (inputs.InputStager; local links by default)."""
+    `stage(paths) -> artifact` makes the inputs artifacts (inputs.InputStager; local links by default);
+    `token` is Argo's, given here because it is withheld from dflow's config while OPs are rendered."""
     to_artifact = stage or InputStager()
     staging = Path(staging_dir)
     staging.mkdir(parents=True, exist_ok=True)
@@ -106,8 +121,8 @@ def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLik
     fp_files = to_artifact(_stage_fp_files(cfg.fp_files, staging / "fp_files")) if cfg.fp_files else None
 
     key0 = iter_name(0)
-    select0 = select_step("iter0-select-confs", key0, state0, None, params["select_params"], 0, tconf)
-    fp0 = fp_step("iter0-run-fp", key0, select0, pick_data, fp_files, params["type_map"], params["fp_style"],
+    select0 = select_step("iter0-select-confs", key0, state0, None, pick_data, params["select_params"], 0, tconf)
+    fp0 = fp_step("iter0-run-fp", key0, select0, fp_files, params["type_map"], params["fp_style"],
                   params["fp_params"], params["skip_bad_box"], tconf)
     artifacts = {"pick_data": pick_data, "state": select0.outputs.artifacts["state"], "init_models": init_models,
                  "new_data": fp0.outputs.artifacts["labeled_data"], "fp_failures": fp0.outputs.artifacts["failures"]}
@@ -123,7 +138,8 @@ def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLik
         key=LOOP_KEY,
         when=f"{select0.outputs.parameters['go_on']} == true",
     )
-    wf = Workflow(name=name, id=workflow_id)
+    wf = SimplifyWorkflow(name=name, id=workflow_id, token=token)
+    wf.service_account = cfg.jdata["dflow_config"].get("service_account")
     for step in (select0, fp0, loop):
         wf.add(step)
     return wf

@@ -1,8 +1,10 @@
-"""`submit_simplify.py config.json [--check] [--output DIR]`: validate, run (local mode), resume, report.
+"""`submit_simplify.py config.json [--check] [--render FILE] [-o DIR]`: validate, run or submit, resume, report;
+`submit_simplify.py {status,watch,download,resubmit,stop,delete} ID`: manage a run (see runs.py).
 
-Local mode (the default: no Argo host in `dflow_config`) runs the workflow in dflow's debug mode under
-`<output>/work`. Running the same command again on the same output folder resumes the workflow:
-every step that finished (by key) is reused.
+Local mode (the default: no Argo host in `dflow_config` nor DFLOW_HOST) runs the workflow in dflow's
+debug mode under `<output>/work`. Running the same command again on the same output folder resumes the
+workflow: every step that finished (by key) is reused. With a host, the workflow is submitted to Argo
+(inputs uploaded to S3 once, by content hash) and `<output>/workflow.json` records it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import time
 from pathlib import Path
 
 from .config import ConfigError, SimplifyConfig, load_config
+from .runs import RunRecord
 
 EXIT_CONFIG = 2
+COMMANDS = ("status", "watch", "download", "resubmit", "stop", "delete")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output folder (default: ./<workflow name>)")
     p.add_argument("--render", metavar="FILE",
                    help="write the Argo Workflow manifest (JSON) that would be submitted, contacting no server")
+    return p
+
+
+def _command_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="submit_simplify.py", description="manage a simplify run, local or on Argo")
+    p.add_argument("command", choices=COMMANDS)
+    p.add_argument("id", metavar="ID", help="the run's output folder, or an Argo workflow id (with --config)")
+    p.add_argument("--config", help="config with the Argo/S3 settings (default: the one the run was made from)")
+    p.add_argument("-o", "--output", help="download: target folder (default: the run's output folder)")
     return p
 
 
@@ -55,7 +68,7 @@ def summary(cfg: SimplifyConfig) -> str:
             f"f_trust [{j['model_devi_f_trust_lo']}, {j['model_devi_f_trust_hi']})")
 
 
-def _set_local_mode(workdir: Path) -> None:
+def set_local_mode(workdir: Path) -> None:
     from dflow import config as dflow_config
 
     # dflow runs each OP as `python3` from PATH: make that this interpreter, venv activated or not
@@ -97,31 +110,39 @@ class TablePrinter:
 def run_local(cfg: SimplifyConfig, config_path: Path, output: Path) -> int:
     output.mkdir(parents=True, exist_ok=True)
     workdir = output / "work"
-    _set_local_mode(workdir)  # before any Step is built: dflow renders expressions per mode
+    set_local_mode(workdir)  # before any Step is built: dflow renders expressions per mode
+    from dflow import config as dflow_config
+
+    from .argo import ArgoSettingsError, set_s3
     from .build import build_workflow
 
-    state_file = output / "workflow.json"
+    if dflow_config["debug_s3"]:  # DFLOW_DEBUG_S3: inputs uploaded to and read from S3, as on Argo
+        try:
+            set_s3(cfg.jdata["dflow_s3_config"])
+        except ArgoSettingsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+
     digest = config_digest(cfg)
     wf_id = None
-    if state_file.exists():
-        prev = json.loads(state_file.read_text())
-        if prev.get("config_digest") != digest:
-            print(f"error: {output} holds a run of a different config; use another --output", file=sys.stderr)
-            return EXIT_CONFIG
-        wf_id = prev["workflow_id"]
+    prev = _previous_run(output, digest)
+    if isinstance(prev, int):
+        return prev
+    if prev is not None:
+        wf_id = prev.workflow_id
         print(f"resuming workflow {wf_id} in {output}")
     wf = build_workflow(cfg, workflow_name(config_path), output / "staging", workflow_id=wf_id)
     printer = TablePrinter(wf)
     thread = threading.Thread(target=printer.run, daemon=True)
     if wf_id is None:
         # dflow picks the id at submit; record it as soon as the workflow folder exists
-        thread_id = threading.Thread(target=_record_id, args=(workdir, wf, state_file, digest), daemon=True)
+        thread_id = threading.Thread(target=_record_id, args=(workdir, wf, output, digest, config_path), daemon=True)
         thread_id.start()
     thread.start()
     t0 = time.time()
     wf.submit()
     printer.stop.set()
-    _write_state(state_file, wf.id, digest)
+    RunRecord(wf.id, digest, "local", str(config_path)).save(output)
     status = wf.query_status()
     if status != "Succeeded":
         for line in failed_step_errors(workdir / wf.id):
@@ -141,7 +162,7 @@ def run_local(cfg: SimplifyConfig, config_path: Path, output: Path) -> int:
 def render(cfg: SimplifyConfig, config_path: Path, target: Path) -> int:
     """The manifest an Argo submission would send: Argo and S3 settings from the config (DFLOW_* otherwise),
     input keys computed from content hashes, no upload, no server, no S3 keys in it."""
-    from .argo import ArgoSettingsError, argo_host, keys_withheld, set_argo_mode
+    from .argo import ArgoSettingsError, argo_host, secrets_withheld, set_argo_mode
 
     dflow_conf = dict(cfg.jdata["dflow_config"])
     dflow_conf["host"] = argo_host(dflow_conf) or "https://127.0.0.1:2746"  # rendering needs no server
@@ -153,7 +174,7 @@ def render(cfg: SimplifyConfig, config_path: Path, target: Path) -> int:
     from .build import build_workflow
     from .inputs import InputStager
 
-    with keys_withheld(), tempfile.TemporaryDirectory() as staging:
+    with secrets_withheld(), tempfile.TemporaryDirectory() as staging:
         wf = build_workflow(cfg, workflow_name(config_path), staging, stage=InputStager(render=True))
         manifest = wf.to_dict()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -174,19 +195,78 @@ def failed_step_errors(wf_dir: Path) -> list[str]:
     return out
 
 
-def _write_state(state_file: Path, wf_id: str, digest: str) -> None:
-    state_file.write_text(json.dumps({"workflow_id": wf_id, "config_digest": digest}))
+def _previous_run(output: Path, digest: str):
+    """The record of the run in `output`, None if there is none, an exit code if it is another config's."""
+    if not (output / "workflow.json").exists():
+        return None
+    prev = RunRecord.load(output)
+    if prev.config_digest != digest:
+        print(f"error: {output} holds a run of a different config; use another --output", file=sys.stderr)
+        return EXIT_CONFIG
+    return prev
 
 
-def _record_id(workdir: Path, wf, state_file: Path, digest: str) -> None:
+def _record_id(workdir: Path, wf, output: Path, digest: str, config_path: Path) -> None:
     for _ in range(600):
         if wf.id is not None and (workdir / wf.id).exists():
-            _write_state(state_file, wf.id, digest)
+            RunRecord(wf.id, digest, "local", str(config_path)).save(output)
             return
         time.sleep(0.1)
 
 
+def submit_argo(cfg: SimplifyConfig, config_path: Path, output: Path, reuse_from=None) -> int:
+    """Upload the inputs (once: content hash), build the workflow with the secrets withheld, submit it,
+    print the Argo UI link and record the run in `<output>/workflow.json`. `reuse_from`: a workflow whose
+    finished steps the new one reuses (resubmit)."""
+    from .argo import ArgoSettingsError, secrets_withheld, set_argo_mode, ui_link
+
+    try:
+        settings = set_argo_mode(cfg.jdata["dflow_config"], cfg.jdata["dflow_s3_config"])  # before any Step
+    except ArgoSettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    from .build import build_workflow
+    from .inputs import InputStager
+
+    output.mkdir(parents=True, exist_ok=True)
+    digest = config_digest(cfg)
+    reuse = None
+    if reuse_from is not None:
+        from .runs import reusable_steps
+
+        reuse = reusable_steps(reuse_from)
+        print(f"reusing {len(reuse)} finished steps of {reuse_from.id}")
+    with secrets_withheld() as secrets, tempfile.TemporaryDirectory() as staging:
+        stager = InputStager(secrets=secrets)
+        wf = build_workflow(cfg, workflow_name(config_path), staging, stage=stager, token=secrets["token"])
+        print(f"inputs: {len(stager.uploaded)} uploaded, {len(stager.reused)} already in the bucket")
+        try:
+            wf.submit(reuse_step=reuse)
+        except Exception as e:  # the Argo client's errors carry the HTTP status and Argo's message
+            print(f"error: submitting to {settings['host']} (namespace {settings['namespace']}) failed: "
+                  f"{type(e).__name__}: {str(e)[:2000]}", file=sys.stderr)
+            return 1
+    RunRecord(wf.id, digest, "argo", str(config_path), settings["host"], settings["namespace"]).save(output)
+    print(f"submitted: {ui_link(settings['host'], settings['namespace'], wf.id)}")
+    print(f"follow it with `submit_simplify.py watch {output}`, then `submit_simplify.py download {output}`")
+    return 0
+
+
+def resubmit(run) -> int:
+    """Local: resume in place (finished steps are reused by key). Argo: a new workflow reusing them."""
+    config_path = Path(run.record.config)
+    if run.record.mode == "local":
+        return run_local(run.cfg, config_path, run.output)
+    return submit_argo(run.cfg, config_path, run.output or Path.cwd() / workflow_name(config_path), reuse_from=run.wf)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv and argv[0] in COMMANDS:
+        from .runs import run_command
+
+        args = _command_parser().parse_args(argv)
+        return run_command(args.command, args.id, args.config, args.output)
     args = _parser().parse_args(argv)
     config_path = Path(args.config)
     try:
@@ -199,11 +279,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.render:
         return render(cfg, config_path, Path(args.render))
-    if cfg.jdata["dflow_config"].get("host"):
-        print("error: dflow_config.host: submission to an Argo server is not available in this version; "
-              "remove 'host' to run locally", file=sys.stderr)
-        return EXIT_CONFIG
     output = Path(args.output) if args.output else Path.cwd() / workflow_name(config_path)
+    from .argo import argo_host
+
+    if argo_host(cfg.jdata["dflow_config"]):
+        prev = _previous_run(output.resolve(), config_digest(cfg))
+        if isinstance(prev, int):
+            return prev
+        if prev is not None:
+            print(f"error: {output} already records the run {prev.workflow_id}; `resubmit {output}` continues it, "
+                  "or give another --output", file=sys.stderr)
+            return EXIT_CONFIG
+        return submit_argo(cfg, config_path.resolve(), output.resolve())
     return run_local(cfg, config_path.resolve(), output.resolve())
 
 

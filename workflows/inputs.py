@@ -1,17 +1,20 @@
 """Workflow inputs as artifacts: local paths uploaded once under a content-hash key, or `s3://` URIs.
 
 Local mode hands dflow the paths (`upload_artifact` links them). On Argo, each input (pick_data, the
-iteration-0 models, init data, FP input files) goes to `<prefix>simplify-inputs/<sha256>/` in the bucket,
-unless an object with that key exists already: an unchanged input is never uploaded twice. `render`
-only computes the keys (nothing is contacted), for `--render`.
+iteration-0 models, init data, FP input files) goes to `<prefix>simplify-inputs/<sha256>` in the bucket,
+unless that input's upload completed before (a marker object says so): an unchanged input is never
+uploaded twice. `render` only computes the keys (nothing is contacted), for `--render`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 
 from dflow import S3Artifact, config, s3_config, upload_artifact
+
+from .argo import s3_keys
 
 INPUT_PREFIX = "simplify-inputs/"
 
@@ -46,9 +49,9 @@ def s3_key(uri: str) -> str:
 class InputStager:
     """Turns the workflow's inputs into artifacts; records what it uploaded (for the tests and the log)."""
 
-    def __init__(self, render: bool = False, client=None):
+    def __init__(self, render: bool = False, secrets: dict | None = None):
         self.render = render
-        self.client = client
+        self.secrets = secrets  # S3 keys, when the workflow is built with them withheld
         self.uploaded: list[str] = []
         self.reused: list[str] = []
 
@@ -58,17 +61,33 @@ class InputStager:
             return upload_artifact(paths)
         if len(paths) == 1 and is_s3_uri(paths[0]):
             return S3Artifact(key=s3_key(paths[0]))
-        key = f"{s3_config['prefix']}{INPUT_PREFIX}{content_hash(paths)}/"
+        digest = content_hash(paths)
+        key = f"{s3_config['prefix']}{INPUT_PREFIX}{digest}"
         if not self.render:
-            if self._exists(key):
-                self.reused.append(key)
-            else:
-                upload_artifact(paths, archive=None, key=key)
-                self.uploaded.append(key)
+            with s3_keys(self.secrets):
+                if upload_complete(digest):
+                    self.reused.append(key)
+                else:
+                    upload_artifact(paths, archive=None, key=key)
+                    mark_complete(digest)
+                    self.uploaded.append(key)
         return S3Artifact(key=key)
 
-    def _exists(self, key: str) -> bool:
-        from dflow.utils import MinioClient
 
-        client = self.client or MinioClient()
-        return bool(client.list(prefix=key, recursive=False))
+def _marker(digest: str) -> str:
+    """Written after the last file of an input, so that an interrupted upload is not taken as done."""
+    return f"{s3_config['prefix']}{INPUT_PREFIX}complete/{digest}"
+
+
+def upload_complete(digest: str) -> bool:
+    from dflow.utils import MinioClient
+
+    return _marker(digest) in MinioClient().list(prefix=_marker(digest))
+
+
+def mark_complete(digest: str) -> None:
+    from dflow.utils import upload_s3
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "complete").write_text(digest)
+        upload_s3(str(Path(tmp, "complete")), key=_marker(digest))

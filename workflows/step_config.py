@@ -5,10 +5,15 @@
                                 "continue_on_success_ratio": 0.9}}
 
 `template_config` goes to dflow's PythonOPTemplate (the pod: image, resources, node selector,
-tolerations, timeout, retries), the rest to the Step (parallelism, success ratio) or the OP.
+tolerations, timeout, retries), the rest to the Step (parallelism, success ratio, executor) or the OP.
+RunTrain and RunFP may run on an HPC cluster instead of in pods: `"executor": {"type": "dispatcher",
+"host": ..., "username": ..., "machine_dict": {...}, "resources_dict": {...}}` (dflow's DispatcherExecutor,
+dpdispatcher underneath; ignored in local mode).
 """
 
 from __future__ import annotations
+
+import inspect
 
 from dargs import Argument
 
@@ -53,7 +58,8 @@ def stage_args(stage: str) -> Argument:
     if stage in SLICED:
         fields += [a("parallelism", int, optional=True, doc="at most this many slices at once"),
                    a("continue_on_success_ratio", [float, int], optional=True,
-                     doc="the step succeeds when this share of its slices did")]
+                     doc="the step succeeds when this share of its slices did"),
+                   a("executor", dict, optional=True, doc='{"type": "dispatcher", ...DispatcherExecutor arguments}')]
     if stage == "run_fp":
         fields.append(a("group_size", int, optional=True, default=10, doc="frames per RunFP slice"))
     if stage == "model_devi":
@@ -77,7 +83,39 @@ def check_step_configs(step_configs: dict) -> dict:
         ratio = conf.get("continue_on_success_ratio")
         if ratio is not None and not 0 < ratio <= 1:
             raise ValueError(f"step_configs.{stage}.continue_on_success_ratio: expected (0, 1], got {ratio}")
+        if conf.get("executor") is not None:
+            check_executor(conf["executor"], f"step_configs.{stage}.executor")
     return data
+
+
+def _dispatcher_parameters() -> list[str]:
+    from dflow.plugins.dispatcher import DispatcherExecutor
+
+    return [p for p in inspect.signature(DispatcherExecutor.__init__).parameters if p != "self"]
+
+
+def _secret_keys(node, where: str) -> list[str]:
+    if isinstance(node, dict):
+        found = [f"{where}.{k}" for k in node if k.lower() in ("password", "passwd", "secret", "token")]
+        return found + [x for k, v in node.items() for x in _secret_keys(v, f"{where}.{k}")]
+    return []
+
+
+def check_executor(executor: dict, where: str) -> None:
+    if executor.get("type") != "dispatcher":
+        raise ValueError(f"{where}.type: expected \"dispatcher\" (dflow's DispatcherExecutor), got "
+                         f"{executor.get('type')!r}")
+    unknown = sorted(set(executor) - {"type"} - set(_dispatcher_parameters()))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; DispatcherExecutor takes {_dispatcher_parameters()}")
+    if executor.get("private_key_file"):
+        raise ValueError(f"{where}.private_key_file: dflow would upload the SSH key into the bucket; give the "
+                         "dispatcher pods the key from the cluster side instead (machine_dict.remote_profile."
+                         "key_filename naming a key inside the executor's image or a mounted path)")
+    secrets = _secret_keys(executor, where)
+    if secrets:
+        raise ValueError(f"{', '.join(secrets)}: would be written into the workflow manifest; use an SSH key "
+                         "(private_key_file) or the cluster's own credentials instead")
 
 
 class StageSettings:
@@ -105,8 +143,15 @@ class StageSettings:
 
     def step(self, stage: str) -> dict:
         """Step keyword arguments (sliced stages only)."""
+        from dflow import config
+
         conf = self.conf(stage)
-        return {k: conf[k] for k in ("parallelism", "continue_on_success_ratio") if conf.get(k) is not None}
+        out = {k: conf[k] for k in ("parallelism", "continue_on_success_ratio") if conf.get(k) is not None}
+        if conf.get("executor") and config["mode"] != "debug":  # local mode runs every OP on this machine
+            from dflow.plugins.dispatcher import DispatcherExecutor
+
+            out["executor"] = DispatcherExecutor(**{k: v for k, v in conf["executor"].items() if k != "type"})
+        return out
 
     def __call__(self, stage: str) -> dict:  # the TemplateConfig callable superop.py expects
         return self.template(stage)

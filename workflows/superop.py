@@ -25,21 +25,22 @@ LOOP_PARAMETERS = ("iter_index", "iter_name", "numb_models", "train_template", "
                    "model_devi_batch_size")
 
 
-def fp_step(name: str, key_prefix: str, select: Step, pick_data, fp_files, type_map, fp_style, fp_params,
+def fp_step(name: str, key_prefix: str, select: Step, fp_files, type_map, fp_style, fp_params,
             skip_bad_box, settings: StageSettings) -> Step:
-    """RunFP sliced over the groups of frames select-confs picked; runs only when the loop goes on."""
+    """RunFP sliced over the groups of frames select-confs picked (and extracted); runs only when the loop
+    goes on."""
     return Step(
         name,
         template=PythonOPTemplate(
             RunFP,
-            slices=Slices("int('{{item}}')", input_parameter=["frame_ids"],
+            slices=Slices("int('{{item}}')", input_artifact=["frames"],
                           output_artifact=["labeled_data", "failures"],
                           output_parameter=["n_labeled", "n_failed", "n_skipped"]),
             **settings.template("run_fp"),
         ),
-        parameters={"frame_ids": select.outputs.parameters["fp_groups"], "type_map": type_map,
-                    "fp_style": fp_style, "fp_params": fp_params, "skip_bad_box": skip_bad_box},
-        artifacts={"pick_data": pick_data, **({"fp_files": fp_files} if fp_files is not None else {})},
+        parameters={"type_map": type_map, "fp_style": fp_style, "fp_params": fp_params,
+                    "skip_bad_box": skip_bad_box},
+        artifacts={"frames": select.outputs.artifacts["fp_inputs"], **({"fp_files": fp_files} if fp_files is not None else {})},
         with_sequence=argo_sequence(argo_len(select.outputs.parameters["fp_groups"]), format="%06d"),
         key=f"{key_prefix}--run-fp-{{{{item}}}}",
         when=f"{select.outputs.parameters['go_on']} == true",
@@ -47,9 +48,9 @@ def fp_step(name: str, key_prefix: str, select: Step, pick_data, fp_files, type_
     )
 
 
-def select_step(name: str, key_prefix: str, state, model_devi, select_params, iter_index,
+def select_step(name: str, key_prefix: str, state, model_devi, pick_data, select_params, iter_index,
                 settings: StageSettings) -> Step:
-    artifacts = {"state": state}
+    artifacts = {"state": state, "pick_data": pick_data}
     if model_devi is not None:
         artifacts["model_devi"] = model_devi
     return Step(
@@ -116,9 +117,9 @@ class SimplifyIteration(Steps):
         )
         self.add(devi)
         select = select_step("select-confs", key, prep.outputs.artifacts["state"], devi.outputs.artifacts["model_devi"],
-                             par["select_params"], par["iter_index"], settings)
+                             art["pick_data"], par["select_params"], par["iter_index"], settings)
         self.add(select)
-        fp = fp_step("run-fp", key, select, art["pick_data"], art["fp_files"], par["type_map"], par["fp_style"],
+        fp = fp_step("run-fp", key, select, art["fp_files"], par["type_map"], par["fp_style"],
                      par["fp_params"], par["skip_bad_box"], settings)
         self.add(fp)
         next_parameters = {p: par[p] for p in LOOP_PARAMETERS}

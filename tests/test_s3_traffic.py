@@ -1,0 +1,121 @@
+"""A real S3 endpoint (moto's server on 127.0.0.1, behind a byte-counting proxy): the inputs are uploaded
+by content hash, the workflow runs in local mode reading them from S3 (dflow's `debug_s3`), and the
+outputs are downloaded with `download`. Then, from the finished run's step folders, the bytes every step
+would fetch and store on Argo (each artifact is one S3 transfer there), per iteration."""
+
+import json
+import os
+from pathlib import Path
+
+import boto3
+import dpdata
+import numpy as np
+import pytest
+
+from .conftest import run_cli
+from .servers import MotoS3
+
+BUCKET = "simplify-local"
+ACCESS, SECRET = "AKIA-LOCAL-S3-TEST", "local-s3-secret-77a1"
+
+
+def tree_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, dirnames, files in os.walk(path, followlinks=True):
+        dirnames[:] = [d for d in dirnames if d != ".dflow"]
+        total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+    return total
+
+
+@pytest.fixture(scope="module")
+def s3_run(example, tmp_path_factory):
+    s3 = MotoS3(BUCKET)
+    tmp = tmp_path_factory.mktemp("s3-run")
+    j = json.loads((example / "config.json").read_text())
+    j.update(pick_data=str(example / "data" / "pick"), training_iter0_model_path=[str(example / "models" / "00*")],
+             stop_iter=3)
+    j["default_training_param"]["training"]["numb_steps"] = 100
+    j["dflow_s3_config"] = {"endpoint": s3.endpoint, "bucket_name": BUCKET, "access_key": ACCESS,
+                            "secret_key": SECRET, "secure": False}
+    (tmp / "config.json").write_text(json.dumps(j))
+    env = {**os.environ, "DFLOW_DEBUG_S3": "true"}
+    proc = run_cli([tmp / "config.json", "-o", tmp / "out"], env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    yield {"s3": s3, "tmp": tmp, "proc": proc, "run_log": list(s3.log),
+           "inputs_bytes": tree_bytes(example / "data" / "pick") + tree_bytes(example / "models")}
+    s3.close()
+
+
+def test_inputs_go_up_once_and_are_read_once(s3_run):
+    s3, log = s3_run["s3"], s3_run["run_log"]
+    up = sum(e[2] for e in log if e[0] == "PUT")
+    down = sum(e[3] for e in log if e[0] == "GET")
+    assert up >= s3_run["inputs_bytes"]
+    # pick_data feeds 4 select-confs and 3 model-devi steps, the models 3 trainings: still fetched once
+    assert s3_run["inputs_bytes"] <= down < 1.3 * s3_run["inputs_bytes"]
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3.port}", region_name="us-east-1",
+                          aws_access_key_id="x", aws_secret_access_key="x")
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert sum(k.startswith("simplify-inputs/complete/") for k in keys) >= 3  # pick_data, models, initial state
+    # (that unchanged inputs are not uploaded again: tests/test_argo_submit.py)
+
+
+def _steps(out: Path) -> dict[str, Path]:
+    wf_id = json.loads((out / "workflow.json").read_text())["workflow_id"]
+    return {p.name: p for p in (out / "work" / wf_id).iterdir() if (p / "inputs").is_dir()}
+
+
+def test_an_iteration_moves_the_picks_and_models_not_pick_data(s3_run, example):
+    """On Argo each input artifact is fetched and each output stored: sum them per step of iteration 2."""
+    out = s3_run["tmp"] / "out"
+    steps = _steps(out)
+    pick_bytes = tree_bytes(example / "data" / "pick")
+    it2 = {k: v for k, v in steps.items() if k.startswith("iter-000002--") and k != "iter-000002--next-iteration"}
+    assert any("run-fp" in k for k in it2) and "iter-000002--model-devi" in it2
+    readers = sorted(k for k, d in it2.items() if (d / "inputs" / "artifacts" / "pick_data").exists())
+    assert readers == ["iter-000002--model-devi", "iter-000002--select-confs"]  # the only pick_data reads
+    report = json.loads((steps["iter-000002--select-confs"] / "outputs" / "artifacts" / "report").rglob(
+        "*.json").__next__().read_text())
+    n_selected = report["n_selected"]
+    frame_bytes = pick_bytes / 200  # the example's 200 frames, all 32 atoms
+    fp_in = sum(tree_bytes(d / "inputs" / "artifacts" / "frames") for k, d in it2.items() if "run-fp" in k)
+    assert fp_in <= 1.5 * n_selected * frame_bytes + 4096 * len(it2)  # the group's frames only
+    by_kind = {kind: 0 for kind in set(KINDS.values())}
+    for k, d in it2.items():
+        for art in [*(d / "inputs" / "artifacts").iterdir(), *(d / "outputs" / "artifacts").iterdir()]:
+            if art.name != ".dflow":
+                by_kind[KINDS[art.name]] += tree_bytes(art)
+    relabeled = tree_bytes(steps["iter-000002--prep-train"] / "outputs" / "artifacts" / "iter_data")
+    print(f"iteration 2 (bytes in step artifacts, debug mode shows each slice the merged outputs): {by_kind}; "
+          f"pick_data {pick_bytes}, relabeled so far {relabeled}, selected {n_selected}")
+    assert by_kind["pick_data"] == len(readers) * tree_bytes(steps["iter-000002--model-devi"] / "inputs" / "artifacts"
+                                                              / "pick_data")
+    # besides those two reads: models, the relabeled frames (a few copies: trainers, FP in/out) and index files
+    assert by_kind["frames"] <= 12 * relabeled
+    assert by_kind["index"] < 256 * 1024
+
+
+KINDS = {"pick_data": "pick_data", **dict.fromkeys(("model", "models", "init_model", "init_models", "checkpoint",
+                                                   "checkpoints"), "models"),
+         **dict.fromkeys(("frames", "labeled_data", "iter_data", "new_data", "dataset", "init_data", "fp_inputs"),
+                         "frames"),
+         **dict.fromkeys(("state", "model_devi", "picked", "report", "failures", "fp_failures", "task_paths",
+                          "task_path", "lcurve", "log", "fp_files", "summary"), "index")}
+
+
+def test_download_gives_the_local_layout(s3_run, tmp_path):
+    out = s3_run["tmp"] / "out"
+    proc = run_cli(["download", out, "-o", tmp_path / "dl"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads((tmp_path / "dl" / "report.json").read_text())
+    ref = json.loads((out / "report.json").read_text())
+    assert got["n_in_dataset"] == ref["n_in_dataset"] > 0 and got["iterations"] == ref["iterations"]
+    assert sorted(p.name for p in (tmp_path / "dl" / "models").iterdir()) == \
+        sorted(p.name for p in (out / "models").iterdir())
+    a = dpdata.MultiSystems().from_deepmd_npy(str(tmp_path / "dl" / "dataset"))
+    b = dpdata.MultiSystems().from_deepmd_npy(str(out / "dataset"))
+    assert a.get_nframes() == b.get_nframes()
+    for name in b.systems:
+        np.testing.assert_array_equal(a[name]["energies"], b[name]["energies"])
+    status = run_cli(["status", out])
+    assert status.returncode == 0 and "Succeeded" in status.stdout and "iter" in status.stdout

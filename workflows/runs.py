@@ -1,0 +1,211 @@
+"""A run's record (`<output>/workflow.json`) and the commands on a run: status, watch, download,
+resubmit, stop, delete. The same commands serve local runs (dflow's debug mode, under `<output>/work`)
+and Argo runs; `ID` is a run's output folder, or an Argo workflow id with `--config` for the settings.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+RECORD = "workflow.json"
+DONE = ("Succeeded", "Failed", "Error", "Terminated", "Stopped")
+
+
+@dataclass
+class RunRecord:
+    workflow_id: str
+    config_digest: str
+    mode: str = "local"  # or "argo"
+    config: str | None = None  # absolute path of the config the run was made from
+    host: str | None = None
+    namespace: str | None = None
+
+    def save(self, output: Path) -> None:
+        Path(output, RECORD).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, output: Path) -> "RunRecord":
+        data = json.loads(Path(output, RECORD).read_text())
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+class RunError(RuntimeError):
+    pass
+
+
+@dataclass
+class Run:
+    """A run attached to: its record, its output folder (None for a bare Argo id), its config, dflow's Workflow."""
+    record: RunRecord
+    output: Path | None
+    cfg: object
+    wf: object
+
+
+def attach(run_id: str, config_path: str | None = None) -> Run:
+    """Resolve `run_id`, set dflow's mode for it, and return a Workflow handle (no step is built)."""
+    from dflow import Workflow
+
+    folder = Path(run_id)
+    if (folder / RECORD).exists():
+        record = RunRecord.load(folder)
+        config_path = config_path or record.config
+    elif config_path:
+        record = RunRecord(workflow_id=run_id, config_digest="", mode="argo")
+        folder = None
+    else:
+        raise RunError(f"{run_id}: neither a run's output folder (no {RECORD} in it) nor an Argo workflow id "
+                       f"given with --config CONFIG (for the Argo and S3 settings)")
+    if not config_path or not Path(config_path).exists():
+        raise RunError(f"{run_id}: the run's config {config_path!r} is not there; give it with --config")
+    try:
+        cfg = load_config(Path(config_path))
+    except ConfigError as e:
+        raise RunError(str(e)) from e
+    if record.mode == "local":
+        from .cli import set_local_mode
+
+        set_local_mode(folder / "work")
+    else:
+        from .argo import ArgoSettingsError, set_argo_mode
+
+        try:
+            set_argo_mode(cfg.jdata["dflow_config"], cfg.jdata["dflow_s3_config"])
+        except ArgoSettingsError as e:
+            raise RunError(str(e)) from e
+    return Run(record, folder, cfg, Workflow(id=record.workflow_id))
+
+
+def _status(run: Run) -> str:
+    if run.record.mode == "local" and not (run.output / "work" / run.record.workflow_id).exists():
+        return "NotStarted"
+    return run.wf.query_status()
+
+
+def _running_steps(steps) -> list[str]:
+    return sorted(s.key or s.displayName for s in steps if s.phase == "Running" and getattr(s, "type", "") == "Pod")
+
+
+def status(run: Run) -> int:
+    from .report import format_table, iteration_rows
+
+    st = _status(run)
+    print(f"workflow {run.record.workflow_id} ({run.record.mode}): {st}")
+    if st != "NotStarted":
+        steps = run.wf.query_step()
+        print(format_table(iteration_rows(steps)))
+        running = _running_steps(steps)
+        if running:
+            print("running: " + ", ".join(running))
+    return 0 if st in ("Succeeded", "Running", "Pending") else 1
+
+
+def watch(run: Run, interval: float = 5.0) -> int:
+    """A live per-iteration table with the running steps and the frames relabeled so far."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Table
+    from rich.text import Text
+
+    from .report import ITER_COLUMNS, iteration_rows
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    task = progress.add_task("frames relabeled", total=run.cfg.n_frames)
+
+    def view(st: str, rows: list[dict], running: list[str]):
+        table = Table(title=f"{run.record.workflow_id}: {st}")
+        for c in ITER_COLUMNS:
+            table.add_column(c.replace("n_", ""), justify="right")
+        for r in rows:
+            table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in ITER_COLUMNS))
+        progress.update(task, completed=sum(r["n_relabeled"] for r in rows))
+        return Group(table, progress, Text(f"running: {', '.join(running) or '-'}"))
+
+    with Live(view("Pending", [], []), refresh_per_second=1) as live:
+        while True:
+            st = _status(run)
+            steps = run.wf.query_step() if st != "NotStarted" else []
+            live.update(view(st, iteration_rows(steps), _running_steps(steps)))
+            if st in DONE:
+                break
+            time.sleep(interval)
+    return 0 if st == "Succeeded" else 1
+
+
+def download(run: Run, target: Path) -> int:
+    """models/, dataset/ and report.json, as a local run writes them."""
+    from .report import collect_outputs
+
+    st = _status(run)
+    if st != "Succeeded":
+        raise RunError(f"workflow {run.record.workflow_id} is {st}: only a succeeded run has final models; "
+                       "`status` shows how far it got")
+    target.mkdir(parents=True, exist_ok=True)
+    report = collect_outputs(run.wf, run.cfg, target)
+    print(f"downloaded: {report['n_in_dataset']} relabeled frames, models and report.json into {target}")
+    return 0
+
+
+def stop(run: Run) -> int:
+    st = _status(run)
+    if st in DONE or st == "NotStarted":
+        print(f"workflow {run.record.workflow_id} is {st}: nothing to stop")
+        return 0
+    if run.record.mode == "local":
+        run.wf.terminate()  # the local run's process and its OP subprocesses
+    else:
+        run.wf.stop()
+    print(f"workflow {run.record.workflow_id}: stop requested; `resubmit` continues it later")
+    return 0
+
+
+def delete(run: Run) -> int:
+    st = _status(run)
+    if st in ("Running", "Pending"):
+        raise RunError(f"workflow {run.record.workflow_id} is {st}: `stop` it first")
+    if run.record.mode == "local":
+        for sub in ("work", "staging"):
+            shutil.rmtree(run.output / sub, ignore_errors=True)
+        (run.output / RECORD).unlink(missing_ok=True)
+        kept = [p.name for p in run.output.iterdir()] if run.output.exists() else []
+        print(f"deleted the local workflow {run.record.workflow_id}; kept in {run.output}: {', '.join(kept) or '-'}")
+    else:
+        run.wf.delete()
+        print(f"deleted workflow {run.record.workflow_id} from Argo (its S3 objects stay in the bucket)")
+    return 0
+
+
+def reusable_steps(wf) -> list:
+    """Every finished step with a key: a resubmitted workflow takes their outputs instead of running them."""
+    return [s for s in wf.query_step() if getattr(s, "key", None) and s.phase == "Succeeded"]
+
+
+def run_command(name: str, run_id: str, config: str | None, output: str | None) -> int:
+    try:
+        run = attach(run_id, config)
+        if name == "status":
+            return status(run)
+        if name == "watch":
+            return watch(run)
+        if name == "download":
+            return download(run, Path(output) if output else (run.output or Path.cwd() / run.record.workflow_id))
+        if name == "stop":
+            return stop(run)
+        if name == "delete":
+            return delete(run)
+        if name == "resubmit":
+            from .cli import resubmit
+
+            return resubmit(run)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    raise ValueError(name)
