@@ -1,8 +1,6 @@
-"""The example end to end in local mode (real training, real D3 labels), and a killed run resumed."""
+"""The example end to end in local mode (real training, real D3 labels); a run stopped and resubmitted."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -65,7 +63,7 @@ def test_pick_data_is_never_duplicated(example, example_run):
     originals = {(p.stat().st_dev, p.stat().st_ino) for p in (example / "data" / "pick").rglob("*.npy")}
     step_inputs = [p for p in (example_run / "work").rglob("*.npy")
                    if "/inputs/artifacts/pick_data/" in str(p) and not p.is_symlink()]
-    assert len(step_inputs) >= 2 * 5 * len(originals) // 2  # model-devi and run-fp steps of every iteration
+    assert len(step_inputs) >= 2 * 5 * len(originals) // 2  # model-devi and select-confs steps of every iteration
     assert all((p.stat().st_dev, p.stat().st_ino) in originals for p in step_inputs)
 
 
@@ -106,7 +104,8 @@ def _step_phase(workdir: Path, key: str) -> str:
     return files[0].read_text() if files else ""
 
 
-def test_killed_run_resumes_to_the_same_result(example, example_run, tmp_path):
+def test_stopped_run_resubmits_to_the_same_result(example, example_run, tmp_path):
+    """`stop` ends a running local run (its process tree); `resubmit` reuses every finished step."""
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "submit_simplify.py"), str(example / "config.json"), "-o", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -114,13 +113,15 @@ def test_killed_run_resumes_to_the_same_result(example, example_run, tmp_path):
     while _step_phase(out / "work", "iter-000001--select-confs") != "Succeeded":
         assert proc.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
         time.sleep(1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert "Running" in run_cli(["status", out]).stdout
+    stopped = run_cli(["stop", out])
+    assert stopped.returncode == 0 and "stop requested" in stopped.stdout
+    proc.wait(60)
     finished = next((out / "work").glob("*/iter-000001--run-train-0000/phase"))
     stamp = finished.stat().st_mtime
     assert not (out / "report.json").exists()
 
-    again = run_cli([example / "config.json", "-o", out])
+    again = run_cli(["resubmit", out])
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "resuming workflow" in again.stdout
     assert finished.stat().st_mtime == stamp  # the finished training was reused, not redone
@@ -130,3 +131,9 @@ def test_killed_run_resumes_to_the_same_result(example, example_run, tmp_path):
     ids = lambda run: sorted(tuple(x) for d in (run / "dataset").iterdir()  # noqa: E731
                              for x in json.loads((d / "frame_ids.json").read_text()))
     assert ids(out) == ids(example_run)
+
+    watched = run_cli(["watch", out])
+    assert watched.returncode == 0 and "Succeeded" in watched.stdout and "relabeled" in watched.stdout
+    deleted = run_cli(["delete", out])
+    assert deleted.returncode == 0 and not (out / "work").exists() and (out / "models").is_dir()
+    assert run_cli(["status", out]).returncode == 2  # the run is gone; its outputs stay

@@ -84,9 +84,24 @@ def attach(run_id: str, config_path: str | None = None) -> Run:
 
 
 def _status(run: Run) -> str:
-    if run.record.mode == "local" and not (run.output / "work" / run.record.workflow_id).exists():
+    if run.record.mode != "local":
+        return run.wf.query_status()
+    wf_dir = run.output / "work" / run.record.workflow_id
+    if not wf_dir.exists():
         return "NotStarted"
-    return run.wf.query_status()
+    st = run.wf.query_status()
+    if st == "Running" and not _alive(wf_dir / "pid"):
+        return "Stopped"  # its process ended without finishing (stopped, killed, machine restarted)
+    return st
+
+
+def _alive(pid_file: Path) -> bool:
+    import psutil
+
+    try:
+        return psutil.pid_exists(int(pid_file.read_text()))
+    except (OSError, ValueError):
+        return False
 
 
 def _running_steps(steps) -> list[str]:
