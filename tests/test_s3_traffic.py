@@ -74,8 +74,8 @@ def test_an_iteration_moves_the_picks_and_models_not_pick_data(s3_run, example):
     assert any("run-fp" in k for k in it2) and "iter-000002--model-devi" in it2
     readers = sorted(k for k, d in it2.items() if (d / "inputs" / "artifacts" / "pick_data").exists())
     assert readers == ["iter-000002--model-devi", "iter-000002--select-confs"]  # the only pick_data reads
-    report = json.loads((steps["iter-000002--select-confs"] / "outputs" / "artifacts" / "report").rglob(
-        "*.json").__next__().read_text())
+    report_dir = steps["iter-000002--select-confs"] / "outputs" / "artifacts" / "report"
+    report = json.loads(next(report_dir.rglob("*.json")).read_text())
     n_selected = report["n_selected"]
     frame_bytes = pick_bytes / 200  # the example's 200 frames, all 32 atoms
     fp_in = sum(tree_bytes(d / "inputs" / "artifacts" / "frames") for k, d in it2.items() if "run-fp" in k)

@@ -71,18 +71,24 @@ def set_s3(s3_conf: dict) -> None:
 
 
 @contextlib.contextmanager
+def _replaced(settings: dict, values: dict):
+    """`values` in place in one of dflow's settings dicts for the duration, the old ones back after."""
+    held = {k: settings[k] for k in values}
+    settings.update(values)
+    try:
+        yield
+    finally:
+        settings.update(held)
+
+
+@contextlib.contextmanager
 def secrets_withheld():
     """Blank the token and the S3 keys in dflow's settings (they would be written into every OP script)
     and yield them, for the calls that need them on this side."""
     saved = {k: s3_config[k] for k in SECRET_KEYS}
     saved.update({k: config[k] for k in SECRET_CONFIG})
-    s3_config.update({k: None for k in SECRET_KEYS})
-    config.update({k: None for k in SECRET_CONFIG})
-    try:
+    with _replaced(s3_config, dict.fromkeys(SECRET_KEYS)), _replaced(config, dict.fromkeys(SECRET_CONFIG)):
         yield dict(saved)
-    finally:
-        s3_config.update({k: saved[k] for k in SECRET_KEYS})
-        config.update({k: saved[k] for k in SECRET_CONFIG})
 
 
 @contextlib.contextmanager
@@ -91,9 +97,5 @@ def s3_keys(secrets: dict | None):
     if not secrets:
         yield
         return
-    held = {k: s3_config[k] for k in SECRET_KEYS}
-    s3_config.update({k: secrets.get(k) for k in SECRET_KEYS})
-    try:
+    with _replaced(s3_config, {k: secrets.get(k) for k in SECRET_KEYS}):
         yield
-    finally:
-        s3_config.update(held)

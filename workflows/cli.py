@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from .config import ConfigError, SimplifyConfig, load_config
-from .runs import RunRecord
+from .runs import RECORD, RunRecord
 
 EXIT_CONFIG = 2
 COMMANDS = ("status", "watch", "download", "resubmit", "stop", "delete")
@@ -113,15 +113,11 @@ def run_local(cfg: SimplifyConfig, config_path: Path, output: Path) -> int:
     set_local_mode(workdir)  # before any Step is built: dflow renders expressions per mode
     from dflow import config as dflow_config
 
-    from .argo import ArgoSettingsError, set_s3
+    from .argo import set_s3
     from .build import build_workflow
 
     if dflow_config["debug_s3"]:  # DFLOW_DEBUG_S3: inputs uploaded to and read from S3, as on Argo
-        try:
-            set_s3(cfg.jdata["dflow_s3_config"])
-        except ArgoSettingsError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_CONFIG
+        set_s3(cfg.jdata["dflow_s3_config"])
 
     digest = config_digest(cfg)
     wf_id = None
@@ -162,15 +158,11 @@ def run_local(cfg: SimplifyConfig, config_path: Path, output: Path) -> int:
 def render(cfg: SimplifyConfig, config_path: Path, target: Path) -> int:
     """The manifest an Argo submission would send: Argo and S3 settings from the config (DFLOW_* otherwise),
     input keys computed from content hashes, no upload, no server, no S3 keys in it."""
-    from .argo import ArgoSettingsError, argo_host, secrets_withheld, set_argo_mode
+    from .argo import argo_host, secrets_withheld, set_argo_mode
 
     dflow_conf = dict(cfg.jdata["dflow_config"])
     dflow_conf["host"] = argo_host(dflow_conf) or "https://127.0.0.1:2746"  # rendering needs no server
-    try:
-        set_argo_mode(dflow_conf, cfg.jdata["dflow_s3_config"])  # before any Step is built
-    except ArgoSettingsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    set_argo_mode(dflow_conf, cfg.jdata["dflow_s3_config"])  # before any Step is built
     from .build import build_workflow
     from .inputs import InputStager
 
@@ -197,7 +189,7 @@ def failed_step_errors(wf_dir: Path) -> list[str]:
 
 def _previous_run(output: Path, digest: str):
     """The record of the run in `output`, None if there is none, an exit code if it is another config's."""
-    if not (output / "workflow.json").exists():
+    if not (output / RECORD).exists():
         return None
     prev = RunRecord.load(output)
     if prev.config_digest != digest:
@@ -218,13 +210,9 @@ def submit_argo(cfg: SimplifyConfig, config_path: Path, output: Path, reuse_from
     """Upload the inputs (once: content hash), build the workflow with the secrets withheld, submit it,
     print the Argo UI link and record the run in `<output>/workflow.json`. `reuse_from`: a workflow whose
     finished steps the new one reuses (resubmit)."""
-    from .argo import ArgoSettingsError, secrets_withheld, set_argo_mode, ui_link
+    from .argo import secrets_withheld, set_argo_mode, ui_link
 
-    try:
-        settings = set_argo_mode(cfg.jdata["dflow_config"], cfg.jdata["dflow_s3_config"])  # before any Step
-    except ArgoSettingsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    settings = set_argo_mode(cfg.jdata["dflow_config"], cfg.jdata["dflow_s3_config"])  # before any Step
     from .build import build_workflow
     from .inputs import InputStager
 
@@ -277,6 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(cfg))
     if args.check:
         return 0
+    from .argo import ArgoSettingsError
+
+    try:
+        return _run(cfg, config_path, args)
+    except ArgoSettingsError as e:  # dflow_config / dflow_s3_config, found before anything is built or sent
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _run(cfg: SimplifyConfig, config_path: Path, args) -> int:
     if args.render:
         return render(cfg, config_path, Path(args.render))
     output = Path(args.output) if args.output else Path.cwd() / workflow_name(config_path)

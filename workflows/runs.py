@@ -204,6 +204,8 @@ def reusable_steps(wf) -> list:
 
 
 def run_command(name: str, run_id: str, config: str | None, output: str | None) -> int:
+    from .argo import ArgoSettingsError
+
     try:
         run = attach(run_id, config)
         if name == "status":
@@ -220,7 +222,7 @@ def run_command(name: str, run_id: str, config: str | None, output: str | None) 
             from .cli import resubmit
 
             return resubmit(run)
-    except RunError as e:
+    except (RunError, ArgoSettingsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     raise ValueError(name)
