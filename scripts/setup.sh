@@ -14,6 +14,11 @@ if ! command -v cp2k.psmp >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get install -y -q cp2k >/dev/null || { $SUDO apt-get update -q && $SUDO apt-get install -y -q cp2k >/dev/null; }
 fi
+# podman, runc and debootstrap for the opt-in image smoke test (SIMPLIFY_PODMAN_SMOKE=1)
+if [ "${SIMPLIFY_PODMAN_SMOKE:-}" = 1 ] && ! command -v podman >/dev/null 2>&1; then
+    SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q podman runc debootstrap >/dev/null
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip

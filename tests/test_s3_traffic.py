@@ -1,6 +1,6 @@
-"""A real S3 endpoint (moto's server on 127.0.0.1, behind a byte-counting proxy): the inputs are uploaded
-by content hash, the workflow runs in local mode reading them from S3 (dflow's `debug_s3`), and the
-outputs are downloaded with `download`. Then, from the finished run's step folders, the bytes every step
+"""A real S3 endpoint (moto's server on 127.0.0.1, behind a byte-counting proxy): pick_data is already in
+the bucket (`s3://` in the config), the models are uploaded by content hash, the workflow runs in local
+mode reading them from S3 (dflow's `debug_s3`), and the outputs are downloaded with `download`. Then, from the finished run's step folders, the bytes every step
 would fetch and store on Argo (each artifact is one S3 transfer there), per iteration."""
 
 import json
@@ -31,8 +31,9 @@ def tree_bytes(path: Path) -> int:
 def s3_run(example, tmp_path_factory):
     s3 = MotoS3(BUCKET)
     tmp = tmp_path_factory.mktemp("s3-run")
+    put_tree(s3, example / "data" / "pick", "datasets/ag-au/")  # as a user would, before the run
     j = json.loads((example / "config.json").read_text())
-    j.update(pick_data=str(example / "data" / "pick"), training_iter0_model_path=[str(example / "models" / "00*")],
+    j.update(pick_data=f"s3://{BUCKET}/datasets/ag-au", training_iter0_model_path=[str(example / "models" / "00*")],
              stop_iter=3)
     j["default_training_param"]["training"]["numb_steps"] = 100
     j["dflow_s3_config"] = {"endpoint": s3.endpoint, "bucket_name": BUCKET, "access_key": ACCESS,
@@ -46,17 +47,31 @@ def s3_run(example, tmp_path_factory):
     s3.close()
 
 
-def test_inputs_go_up_once_and_are_read_once(s3_run):
+def boto(s3: MotoS3):
+    """A client straight to moto (not through the counting proxy)."""
+    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3.port}", region_name="us-east-1",
+                        aws_access_key_id="x", aws_secret_access_key="x")
+
+
+def put_tree(s3: MotoS3, folder: Path, prefix: str) -> None:
+    client = boto(s3)
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            client.upload_file(str(f), BUCKET, prefix + str(f.relative_to(folder)))
+
+
+def test_inputs_go_up_once_and_are_read_once(s3_run, example):
     s3, log = s3_run["s3"], s3_run["run_log"]
     up = sum(e[2] for e in log if e[0] == "PUT")
     down = sum(e[3] for e in log if e[0] == "GET")
-    assert up >= s3_run["inputs_bytes"]
+    # pick_data was in the bucket: nothing of it goes up but dflow's one-item catalog
+    assert [e[1] for e in log if e[0] == "PUT" and "/datasets/" in e[1]] == [
+        f"/{BUCKET}/datasets/ag-au/.dflow/simplify-root"]
+    assert tree_bytes(example / "models") <= up < tree_bytes(example / "models") + 256 * 1024
     # pick_data feeds 4 select-confs and 3 model-devi steps, the models 3 trainings: still fetched once
     assert s3_run["inputs_bytes"] <= down < 1.3 * s3_run["inputs_bytes"]
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3.port}", region_name="us-east-1",
-                          aws_access_key_id="x", aws_secret_access_key="x")
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET)["Contents"]]
-    assert sum(k.startswith("simplify-inputs/complete/") for k in keys) >= 3  # pick_data, models, initial state
+    keys = [o["Key"] for o in boto(s3).list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert sum(k.startswith("simplify-inputs/complete/") for k in keys) >= 2  # the models, the initial state
     # (that unchanged inputs are not uploaded again: tests/test_argo_submit.py)
 
 
@@ -119,3 +134,57 @@ def test_download_gives_the_local_layout(s3_run, tmp_path):
         np.testing.assert_array_equal(a[name]["energies"], b[name]["energies"])
     status = run_cli(["status", out])
     assert status.returncode == 0 and "Succeeded" in status.stdout and "iter" in status.stdout
+
+
+@pytest.fixture(scope="module")
+def s3_mapbi3():
+    s3 = MotoS3(BUCKET)
+    put_tree(s3, Path(__file__).parent / "data" / "mapbi3" / "data", "datasets/mapbi3/")
+    yield s3
+    s3.close()
+
+
+def _s3_config(tmp_path, s3, pick_data, **changes):
+    from .test_config import _mapbi3
+
+    s3_conf = {"endpoint": s3.endpoint, "bucket_name": BUCKET, "access_key": ACCESS, "secret_key": SECRET,
+               "secure": False}
+    return _mapbi3(tmp_path, fp_style="dftd3", pick_data=pick_data, dflow_s3_config=s3_conf, **changes)
+
+
+def test_s3_pick_data_is_checked_from_its_index_files(s3_mapbi3, tmp_path):
+    """`--check` on pick_data in the bucket: the same systems and frame counts as the local copy, read from
+    the index files only (types and boxes, not coordinates or labels)."""
+    s3 = s3_mapbi3
+    s3.log.clear()
+    env = {**os.environ, "DFLOW_DEBUG_S3": "true"}
+    proc = run_cli([_s3_config(tmp_path, s3, f"s3://{BUCKET}/datasets/mapbi3/"), "--check"], env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "2 system(s), 24 frames in pick_data" in proc.stdout
+    fetched = [e[1].split("?")[0] for e in s3.log if e[0] == "GET" and "/datasets/" in e[1]]
+    assert fetched and all(p.endswith(("type.raw", "type_map.raw", "box.npy")) for p in fetched), fetched
+    assert not any(e[0] == "PUT" for e in s3.log)  # a check writes nothing
+
+
+@pytest.mark.parametrize("pick_data,env,expected", [
+    (f"s3://{BUCKET}/datasets/nothing-here", {"DFLOW_DEBUG_S3": "true"}, "holds no object"),
+    ("s3://another-bucket/datasets/mapbi3", {"DFLOW_DEBUG_S3": "true"}, "workflow's bucket"),
+    (f"s3://{BUCKET}/datasets/mapbi3", {}, "DFLOW_DEBUG_S3=true"),
+    ([f"s3://{BUCKET}/datasets/mapbi3", "../data"], {"DFLOW_DEBUG_S3": "true"}, "must be the only entry"),
+], ids=["empty-prefix", "other-bucket", "local-mode", "mixed"])
+def test_bad_s3_pick_data_is_named(s3_mapbi3, tmp_path, pick_data, env, expected):
+    proc = run_cli([_s3_config(tmp_path, s3_mapbi3, pick_data), "--check"],
+                   env={**{k: v for k, v in os.environ.items() if k != "DFLOW_DEBUG_S3"}, **env})
+    assert proc.returncode == 2 and "pick_data" in proc.stderr and expected in proc.stderr, proc.stderr[-2000:]
+
+
+def test_s3_pick_data_renders_as_the_prefix_itself(s3_mapbi3, tmp_path):
+    s3 = s3_mapbi3
+    path = _s3_config(tmp_path, s3, f"s3://{BUCKET}/datasets/mapbi3",
+                      dflow_config={"host": "https://argo.example.org:2746", "namespace": "simplify"})
+    s3.log.clear()
+    proc = run_cli([path, "--render", tmp_path / "manifest.json"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    text = (tmp_path / "manifest.json").read_text()
+    assert '"key": "datasets/mapbi3"' in text.replace('"key":"', '"key": "')
+    assert not any(e[0] == "PUT" for e in s3.log)  # rendering uploads nothing

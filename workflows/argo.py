@@ -15,7 +15,7 @@ import os
 from dflow import config, s3_config
 
 # dflow_config keys a user may set, and the DFLOW_* variables dflow itself reads for them
-ARGO_KEYS = ("host", "namespace", "token", "k8s_config_file", "k8s_api_server", "service_account")
+ARGO_KEYS = ("host", "namespace", "token", "k8s_config_file", "k8s_api_server", "service_account", "image_registry")
 S3_KEYS = ("endpoint", "console", "bucket_name", "access_key", "secret_key", "secure", "prefix", "repo_key", "repo")
 SECRET_KEYS = ("access_key", "secret_key")  # of s3_config
 SECRET_CONFIG = ("token",)  # of dflow's config
@@ -28,6 +28,15 @@ class ArgoSettingsError(ValueError):
 def argo_host(dflow_conf: dict) -> str | None:
     """The Argo server this run goes to: dflow_config.host, else DFLOW_HOST; None means local mode."""
     return dflow_conf.get("host") or os.environ.get("DFLOW_HOST") or None
+
+
+def image_registry(dflow_conf: dict) -> str:
+    """Where the stage images live ("reg.example.org/team/"): dflow_config.image_registry, else
+    DFLOW_SIMPLIFY_IMAGE_REGISTRY; empty: the bare tags images/build.sh makes."""
+    registry = dflow_conf.get("image_registry") or os.environ.get("DFLOW_SIMPLIFY_IMAGE_REGISTRY") or ""
+    if registry and not registry.endswith("/"):
+        raise ArgoSettingsError(f"dflow_config.image_registry: expected a prefix ending with '/', got {registry!r}")
+    return registry
 
 
 def set_argo_mode(dflow_conf: dict, s3_conf: dict) -> dict:
@@ -43,7 +52,7 @@ def set_argo_mode(dflow_conf: dict, s3_conf: dict) -> dict:
     if not os.environ.get("DFLOW_UTIL_IMAGE"):  # dflow's helper pods: our light image, not python:3.8 from a registry
         from .step_config import IMAGE_LIGHT
 
-        config["util_image"] = IMAGE_LIGHT
+        config["util_image"] = image_registry(dflow_conf) + IMAGE_LIGHT
     for key in ("namespace", "token", "k8s_config_file", "k8s_api_server"):
         if dflow_conf.get(key):
             config[key] = dflow_conf[key]

@@ -13,6 +13,7 @@ from dflow_simplify.ops.fp.base import get_engine
 from dflow_simplify.ops.select_confs import iter_name
 
 from .config import SimplifyConfig
+from .argo import image_registry
 from .inputs import InputStager
 from .step_config import StageSettings
 from .superop import SimplifyIteration, fp_step, select_step
@@ -111,9 +112,9 @@ def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLik
     staging.mkdir(parents=True, exist_ok=True)
     LoopState.initial(cfg.systems).dump(staging / "state0.json")
     params = loop_parameters(cfg)
-    tconf = StageSettings(cfg.jdata["step_configs"], cfg.fp_style)
+    tconf = StageSettings(cfg.jdata["step_configs"], cfg.fp_style, image_registry(cfg.jdata["dflow_config"]))
 
-    pick_data = to_artifact(cfg.pick_roots)
+    pick_data = to_artifact([cfg.pick_uri] if cfg.pick_uri else cfg.pick_roots)
     state0 = to_artifact(str(staging / "state0.json"))
     models0 = cfg.iter0_models or _placeholder_models(cfg.jdata["numb_models"], staging / "no-model")
     init_models = to_artifact(models0)

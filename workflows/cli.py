@@ -56,7 +56,7 @@ def workflow_name(config_path: Path) -> str:
 
 
 def config_digest(cfg: SimplifyConfig) -> str:
-    blob = json.dumps({"jdata": cfg.jdata, "roots": cfg.pick_roots, "models": cfg.iter0_models}, sort_keys=True)
+    blob = json.dumps({"jdata": cfg.jdata, "roots": cfg.pick_uri or cfg.pick_roots, "models": cfg.iter0_models}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -138,7 +138,7 @@ def run_local(cfg: SimplifyConfig, config_path: Path, output: Path) -> int:
     t0 = time.time()
     wf.submit()
     printer.stop.set()
-    RunRecord(wf.id, digest, "local", str(config_path)).save(output)
+    RunRecord(wf.id, digest, "local", str(config_path), debug_s3=bool(dflow_config["debug_s3"])).save(output)
     status = wf.query_status()
     if status != "Succeeded":
         for line in failed_step_errors(workdir / wf.id):
@@ -201,7 +201,9 @@ def _previous_run(output: Path, digest: str):
 def _record_id(workdir: Path, wf, output: Path, digest: str, config_path: Path) -> None:
     for _ in range(600):
         if wf.id is not None and (workdir / wf.id).exists():
-            RunRecord(wf.id, digest, "local", str(config_path)).save(output)
+            from dflow import config as dflow_config
+
+            RunRecord(wf.id, digest, "local", str(config_path), debug_s3=bool(dflow_config["debug_s3"])).save(output)
             return
         time.sleep(0.1)
 

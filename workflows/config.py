@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +113,7 @@ class SimplifyConfig:
     jdata: dict
     base_dir: Path
     pick_roots: list[str] = field(default_factory=list)
+    pick_uri: str | None = None  # pick_data already in the bucket; pick_roots then hold its index files
     systems: dict[str, int] = field(default_factory=dict)  # system key -> frames
     init_data: list[str] = field(default_factory=list)
     iter0_models: list[str] = field(default_factory=list)
@@ -225,9 +227,37 @@ def _check_engine(cfg: SimplifyConfig) -> None:
             raise ConfigError(str(e)) from None
 
 
+def _s3_pick_index(cfg: SimplifyConfig, uris: list[str]) -> str:
+    """pick_data in the bucket: its index files, fetched into a temporary folder that the checks read."""
+    from .argo import ArgoSettingsError, argo_host, set_s3
+    from .inputs import fetch_index, is_s3_uri
+
+    j = cfg.jdata
+    if len(uris) != 1 or not is_s3_uri(uris[0]):
+        raise ConfigError(f"pick_data: an s3:// URI must be the only entry (one prefix holding the systems), got {uris}")
+    remote = argo_host(j["dflow_config"]) or os.environ.get("DFLOW_DEBUG_S3", "").lower() in ("1", "true")
+    if not remote:
+        raise ConfigError(f"pick_data: {uris[0]} is in S3; run on Argo (dflow_config.host) or locally with "
+                          "DFLOW_DEBUG_S3=true and dflow_s3_config, or give a local path")
+    index = tempfile.mkdtemp(prefix="simplify-pick-index-")
+    try:
+        set_s3(j["dflow_s3_config"])
+        n = fetch_index(uris[0], Path(index))
+    except (ArgoSettingsError, ValueError) as e:
+        raise ConfigError(f"pick_data: {e}") from None
+    except Exception as e:  # the S3 client's own errors (endpoint, keys, bucket)
+        raise ConfigError(f"pick_data: cannot list {uris[0]}: {type(e).__name__}: {e}") from None
+    if n == 0:
+        raise ConfigError(f"pick_data: {uris[0]} holds no object")
+    cfg.pick_uri = uris[0]
+    return index
+
+
 def _resolve_pick_data(cfg: SimplifyConfig) -> None:
     j = cfg.jdata
     patterns = _as_list(j["pick_data"])
+    if any(p.startswith("s3://") for p in patterns):
+        patterns = [_s3_pick_index(cfg, patterns)]
     cfg.pick_roots = expand_roots(patterns, cfg.base_dir)
     if not cfg.pick_roots:
         raise ConfigError(f"pick_data: no file or folder matches {patterns} (relative to {cfg.base_dir})")
@@ -235,6 +265,9 @@ def _resolve_pick_data(cfg: SimplifyConfig) -> None:
     for i, root in enumerate(cfg.pick_roots):
         names = find_systems(root)
         if not names:
+            if cfg.pick_uri:
+                raise ConfigError(f"pick_data: {cfg.pick_uri} holds no deepmd/npy system (no type.raw found; "
+                                  "HDF5 files must be local)")
             raise ConfigError(f"pick_data: {root} holds no deepmd/npy or deepmd/hdf5 system (no type.raw found)")
         for name in names:
             key = f"{i}/{name}"

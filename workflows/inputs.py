@@ -1,5 +1,9 @@
 """Workflow inputs as artifacts: local paths uploaded once under a content-hash key, or `s3://` URIs.
 
+pick_data may already be in the bucket (`s3://<bucket>/<prefix>`, deepmd/npy systems under the
+prefix): the config check then reads only its index files (`fetch_index`), and the workflow refers to
+the prefix as is (plus a one-item dflow catalog), so the data set is never downloaded or re-uploaded here.
+
 Local mode hands dflow the paths (`upload_artifact` links them). On Argo, each input (pick_data, the
 iteration-0 models, init data, FP input files) goes to `<prefix>simplify-inputs/<sha256>` in the bucket,
 unless that input's upload completed before (a marker object says so): an unchanged input is never
@@ -9,6 +13,7 @@ uploaded twice. `render` only computes the keys (nothing is contacted), for `--r
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from pathlib import Path
 
@@ -60,6 +65,9 @@ class InputStager:
         if config["mode"] == "debug" and not config.get("debug_s3"):
             return upload_artifact(paths)
         if len(paths) == 1 and is_s3_uri(paths[0]):
+            if not self.render:
+                with s3_keys(self.secrets):
+                    ensure_root_catalog(paths[0])
             return S3Artifact(key=s3_key(paths[0]))
         digest = content_hash(paths)
         key = f"{s3_config['prefix']}{INPUT_PREFIX}{digest}"
@@ -72,6 +80,47 @@ class InputStager:
                     mark_complete(digest)
                     self.uploaded.append(key)
         return S3Artifact(key=key)
+
+
+# pick_data at an s3:// URI: what the config check needs without fetching the frames
+INDEX_FILES = ("type.raw", "type_map.raw", "box.npy")  # types and cells: checks and frame counts
+LABEL_FILES = ("energy.npy", "force.npy")  # only their presence is checked
+ROOT_CATALOG = "simplify-root"
+
+
+def _prefix(uri: str) -> str:
+    return s3_key(uri).rstrip("/") + "/"
+
+
+def fetch_index(uri: str, dest: Path) -> int:
+    """Mirror the index files of the deepmd/npy systems under `uri` into `dest` (label arrays as empty
+    placeholders); returns how many objects the prefix holds. Reads a few bytes per frame (box.npy)."""
+    from dflow.utils import MinioClient
+
+    client, prefix = MinioClient(), _prefix(uri)
+    keys = [k for k in client.list(prefix, recursive=True) if "/.dflow/" not in "/" + k[len(prefix):]]
+    for key in keys:
+        name, target = key.rsplit("/", 1)[-1], dest / key[len(prefix):]
+        if name in INDEX_FILES or name in LABEL_FILES:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if name in INDEX_FILES:
+                client.download(key, str(target))
+            else:
+                target.touch()
+    return len(keys)
+
+
+def ensure_root_catalog(uri: str) -> None:
+    """dflow hands an OP a list of paths only if the artifact carries its catalog (`.dflow/`): data that
+    was put into the bucket by other means gets a one-item catalog naming the prefix itself."""
+    from dflow.utils import MinioClient, upload_s3
+
+    catalog = f"{_prefix(uri)}{config['catalog_dir_name']}/"
+    if MinioClient().list(catalog):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, ROOT_CATALOG).write_text(json.dumps({"path_list": [{"dflow_list_item": ".", "order": 0}]}))
+        upload_s3(str(Path(tmp, ROOT_CATALOG)), key=catalog + ROOT_CATALOG)
 
 
 def _marker(digest: str) -> str:

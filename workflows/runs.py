@@ -6,6 +6,7 @@ and Argo runs; `ID` is a run's output folder, or an Argo workflow id with `--con
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -26,6 +27,7 @@ class RunRecord:
     config: str | None = None  # absolute path of the config the run was made from
     host: str | None = None
     namespace: str | None = None
+    debug_s3: bool = False  # a local run with its inputs in S3 (DFLOW_DEBUG_S3)
 
     def save(self, output: Path) -> None:
         Path(output, RECORD).write_text(json.dumps(asdict(self), indent=1))
@@ -65,6 +67,11 @@ def attach(run_id: str, config_path: str | None = None) -> Run:
                        f"given with --config CONFIG (for the Argo and S3 settings)")
     if not config_path or not Path(config_path).exists():
         raise RunError(f"{run_id}: the run's config {config_path!r} is not there; give it with --config")
+    if record.debug_s3:  # as the run was made: its inputs (an s3:// pick_data too) are in S3
+        from dflow import config as dflow_config
+
+        os.environ["DFLOW_DEBUG_S3"] = "true"
+        dflow_config["debug_s3"] = True
     try:
         cfg = load_config(Path(config_path))
     except ConfigError as e:

@@ -29,12 +29,16 @@ IMAGE_FP = {"cp2k": f"dflow-simplify/fp-cp2k:{__version__}", "dftd3": f"dflow-si
             "ase": f"dflow-simplify/fp-ase:{__version__}", "none": IMAGE_LIGHT}
 
 
-def default_image(stage: str, fp_style: str) -> str | None:
+def default_image(stage: str, fp_style: str, registry: str = "") -> str | None:
+    """The image a stage runs in unless step_configs names one; `registry` ("reg.example.org/team/")
+    is where images/build.sh --registry pushed them."""
     if stage in ("prep_train", "select_confs"):
-        return IMAGE_LIGHT
-    if stage in ("run_train", "model_devi"):
-        return IMAGE_DEEPMD
-    return IMAGE_FP.get(fp_style)  # VASP, Gaussian, ...: the user's own image (licences)
+        image = IMAGE_LIGHT
+    elif stage in ("run_train", "model_devi"):
+        image = IMAGE_DEEPMD
+    else:
+        image = IMAGE_FP.get(fp_style)  # VASP, Gaussian, ...: the user's own image (licences)
+    return registry + image if image else None
 
 
 def _template_args() -> list[Argument]:
@@ -121,9 +125,10 @@ def check_executor(executor: dict, where: str) -> None:
 class StageSettings:
     """What each stage's template and step get, from step_configs and the default images."""
 
-    def __init__(self, step_configs: dict, fp_style: str):
+    def __init__(self, step_configs: dict, fp_style: str, registry: str = ""):
         self.step_configs = step_configs
         self.fp_style = fp_style
+        self.registry = registry
 
     def conf(self, stage: str) -> dict:
         return self.step_configs.get(stage, {})
@@ -133,7 +138,7 @@ class StageSettings:
         conf = self.conf(stage)
         out = {"upload_dflow": False}  # every image and the local venv have dflow installed
         tc = dict(conf.get("template_config", {}))
-        image = tc.pop("image", None) or default_image(stage, self.fp_style)
+        image = tc.pop("image", None) or default_image(stage, self.fp_style, self.registry)
         if image:
             out["image"] = image
         out.update({k: v for k, v in tc.items() if v is not None})
