@@ -32,8 +32,9 @@ def s3_run(example, tmp_path_factory):
     s3 = MotoS3(BUCKET)
     tmp = tmp_path_factory.mktemp("s3-run")
     put_tree(s3, example / "data" / "pick", "datasets/ag-au/")  # as a user would, before the run
+    put_tree(s3, example / "models", "models/ag-au/")
     j = json.loads((example / "config.json").read_text())
-    j.update(pick_data=f"s3://{BUCKET}/datasets/ag-au", training_iter0_model_path=[str(example / "models" / "00*")],
+    j.update(pick_data=f"s3://{BUCKET}/datasets/ag-au", training_iter0_model_path=f"s3://{BUCKET}/models/ag-au",
              stop_iter=3)
     j["default_training_param"]["training"]["numb_steps"] = 100
     j["dflow_s3_config"] = {"endpoint": s3.endpoint, "bucket_name": BUCKET, "access_key": ACCESS,
@@ -64,14 +65,14 @@ def test_inputs_go_up_once_and_are_read_once(s3_run, example):
     s3, log = s3_run["s3"], s3_run["run_log"]
     up = sum(e[2] for e in log if e[0] == "PUT")
     down = sum(e[3] for e in log if e[0] == "GET")
-    # pick_data was in the bucket: nothing of it goes up but dflow's one-item catalog
-    assert [e[1] for e in log if e[0] == "PUT" and "/datasets/" in e[1]] == [
-        f"/{BUCKET}/datasets/ag-au/.dflow/simplify-root"]
-    assert tree_bytes(example / "models") <= up < tree_bytes(example / "models") + 256 * 1024
+    # pick_data and the models were in the bucket: nothing of them goes up but dflow's catalogs
+    assert sorted(e[1] for e in log if e[0] == "PUT" and ("/datasets/" in e[1] or "/models/" in e[1])) == [
+        f"/{BUCKET}/datasets/ag-au/.dflow/simplify-catalog", f"/{BUCKET}/models/ag-au/.dflow/simplify-catalog"]
+    assert up < 256 * 1024  # the initial state, completion markers, catalogs
     # pick_data feeds 4 select-confs and 3 model-devi steps, the models 3 trainings: still fetched once
     assert s3_run["inputs_bytes"] <= down < 1.3 * s3_run["inputs_bytes"]
     keys = [o["Key"] for o in boto(s3).list_objects_v2(Bucket=BUCKET)["Contents"]]
-    assert sum(k.startswith("simplify-inputs/complete/") for k in keys) >= 2  # the models, the initial state
+    assert sum(k.startswith("simplify-inputs/complete/") for k in keys) >= 1  # the initial state
     # (that unchanged inputs are not uploaded again: tests/test_argo_submit.py)
 
 
@@ -166,12 +167,35 @@ def test_s3_pick_data_is_checked_from_its_index_files(s3_mapbi3, tmp_path):
     assert not any(e[0] == "PUT" for e in s3.log)  # a check writes nothing
 
 
+def test_s3_models_and_init_data_are_checked_by_listing(s3_mapbi3, tmp_path):
+    s3 = s3_mapbi3
+    client = boto(s3)
+    for n in (3, 4):
+        for i in range(n):
+            for name in ("model.ckpt.index", "model.ckpt.data-00000-of-00001", "checkpoint"):
+                client.put_object(Bucket=BUCKET, Key=f"models/m{n}/{i:03d}/{name}", Body=b"x")
+    client.put_object(Bucket=BUCKET, Key="models/m4/notes.txt", Body=b"x")  # not a model folder
+    put_tree(s3, Path(__file__).parent / "data" / "mapbi3" / "data" / "sys.000", "init/mapbi3/sys.000/")
+    env = {**os.environ, "DFLOW_DEBUG_S3": "true"}
+    good = dict(training_init_model=True, training_iter0_model_path=f"s3://{BUCKET}/models/m4",
+                init_data_prefix=f"s3://{BUCKET}/init/mapbi3", init_data_sys=["sys.000"])
+    proc = run_cli([_s3_config(tmp_path / "good", s3, f"s3://{BUCKET}/datasets/mapbi3", **good), "--check"], env=env)
+    assert proc.returncode == 0 and "start: init_model" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for change, expected in [({"training_iter0_model_path": f"s3://{BUCKET}/models/m3"}, "expected numb_models = 4"),
+                             ({"init_data_sys": ["sys.009"]}, "init_data_sys: 'sys.009'"),
+                             ({"init_data_sys": ["sys.*"]}, "wildcards")]:
+        path = _s3_config(tmp_path / str(len(str(change))), s3, f"s3://{BUCKET}/datasets/mapbi3", **{**good, **change})
+        proc = run_cli([path, "--check"], env=env)
+        assert proc.returncode == 2 and expected in proc.stderr, (change, proc.stderr[-2000:])
+
+
 @pytest.mark.parametrize("pick_data,env,expected", [
     (f"s3://{BUCKET}/datasets/nothing-here", {"DFLOW_DEBUG_S3": "true"}, "holds no object"),
     ("s3://another-bucket/datasets/mapbi3", {"DFLOW_DEBUG_S3": "true"}, "workflow's bucket"),
     (f"s3://{BUCKET}/datasets/mapbi3", {}, "DFLOW_DEBUG_S3=true"),
     ([f"s3://{BUCKET}/datasets/mapbi3", "../data"], {"DFLOW_DEBUG_S3": "true"}, "must be the only entry"),
-], ids=["empty-prefix", "other-bucket", "local-mode", "mixed"])
+    (f"s3://{BUCKET}/datasets/*", {"DFLOW_DEBUG_S3": "true"}, "no wildcards"),
+], ids=["empty-prefix", "other-bucket", "local-mode", "mixed", "wildcard"])
 def test_bad_s3_pick_data_is_named(s3_mapbi3, tmp_path, pick_data, env, expected):
     proc = run_cli([_s3_config(tmp_path, s3_mapbi3, pick_data), "--check"],
                    env={**{k: v for k, v in os.environ.items() if k != "DFLOW_DEBUG_S3"}, **env})

@@ -117,7 +117,7 @@ def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLik
     pick_data = to_artifact([cfg.pick_uri] if cfg.pick_uri else cfg.pick_roots)
     state0 = to_artifact(str(staging / "state0.json"))
     models0 = cfg.iter0_models or _placeholder_models(cfg.jdata["numb_models"], staging / "no-model")
-    init_models = to_artifact(models0)
+    init_models = to_artifact(models0, items=cfg.iter0_items)
 
     fp_files = to_artifact(_stage_fp_files(cfg.fp_files, staging / "fp_files")) if cfg.fp_files else None
 
@@ -128,7 +128,7 @@ def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLik
     artifacts = {"pick_data": pick_data, "state": select0.outputs.artifacts["state"], "init_models": init_models,
                  "new_data": fp0.outputs.artifacts["labeled_data"], "fp_failures": fp0.outputs.artifacts["failures"]}
     if cfg.init_data:
-        artifacts["init_data"] = to_artifact(cfg.init_data)
+        artifacts["init_data"] = to_artifact(cfg.init_data, items=cfg.init_items)
     if fp_files is not None:
         artifacts["fp_files"] = fp_files
     loop = Step(

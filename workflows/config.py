@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,8 @@ class SimplifyConfig:
     base_dir: Path
     pick_roots: list[str] = field(default_factory=list)
     pick_uri: str | None = None  # pick_data already in the bucket; pick_roots then hold its index files
+    iter0_items: list[str] | None = None  # model folders under an s3:// iter0_models[0]
+    init_items: list[str] | None = None  # systems under an s3:// init_data[0]
     systems: dict[str, int] = field(default_factory=dict)  # system key -> frames
     init_data: list[str] = field(default_factory=list)
     iter0_models: list[str] = field(default_factory=list)
@@ -227,29 +230,46 @@ def _check_engine(cfg: SimplifyConfig) -> None:
             raise ConfigError(str(e)) from None
 
 
-def _s3_pick_index(cfg: SimplifyConfig, uris: list[str]) -> str:
-    """pick_data in the bucket: its index files, fetched into a temporary folder that the checks read."""
+def _s3_ready(cfg: SimplifyConfig, key: str, uris: list[str]) -> str:
+    """The one s3:// URI of config key `key`, once the S3 settings are in place for reading it."""
     from .argo import ArgoSettingsError, argo_host, set_s3
-    from .inputs import fetch_index, is_s3_uri
+    from .inputs import is_s3_uri, s3_key
 
     j = cfg.jdata
-    if len(uris) != 1 or not is_s3_uri(uris[0]):
-        raise ConfigError(f"pick_data: an s3:// URI must be the only entry (one prefix holding the systems), got {uris}")
-    remote = argo_host(j["dflow_config"]) or os.environ.get("DFLOW_DEBUG_S3", "").lower() in ("1", "true")
-    if not remote:
-        raise ConfigError(f"pick_data: {uris[0]} is in S3; run on Argo (dflow_config.host) or locally with "
+    if len(uris) != 1 or not is_s3_uri(uris[0]) or any(c in uris[0] for c in "*?["):
+        raise ConfigError(f"{key}: an s3:// URI must be the only entry (one prefix, no wildcards), got {uris}")
+    if not (argo_host(j["dflow_config"]) or os.environ.get("DFLOW_DEBUG_S3", "").lower() in ("1", "true")):
+        raise ConfigError(f"{key}: {uris[0]} is in S3; run on Argo (dflow_config.host) or locally with "
                           "DFLOW_DEBUG_S3=true and dflow_s3_config, or give a local path")
-    index = tempfile.mkdtemp(prefix="simplify-pick-index-")
     try:
         set_s3(j["dflow_s3_config"])
-        n = fetch_index(uris[0], Path(index))
+        s3_key(uris[0])
     except (ArgoSettingsError, ValueError) as e:
-        raise ConfigError(f"pick_data: {e}") from None
+        raise ConfigError(f"{key}: {e}") from None
+    return uris[0]
+
+
+def _s3_listing(key: str, uri: str) -> list[str]:
+    from .inputs import list_keys
+
+    try:
+        rels = list_keys(uri)
     except Exception as e:  # the S3 client's own errors (endpoint, keys, bucket)
-        raise ConfigError(f"pick_data: cannot list {uris[0]}: {type(e).__name__}: {e}") from None
-    if n == 0:
-        raise ConfigError(f"pick_data: {uris[0]} holds no object")
-    cfg.pick_uri = uris[0]
+        raise ConfigError(f"{key}: cannot list {uri}: {type(e).__name__}: {e}") from None
+    if not rels:
+        raise ConfigError(f"{key}: {uri} holds no object")
+    return rels
+
+
+def _s3_pick_index(cfg: SimplifyConfig, uris: list[str]) -> str:
+    """pick_data in the bucket: its index files, fetched into a temporary folder that the checks read."""
+    from .inputs import fetch_index
+
+    uri = _s3_ready(cfg, "pick_data", uris)
+    _s3_listing("pick_data", uri)
+    index = tempfile.mkdtemp(prefix="simplify-pick-index-")
+    fetch_index(uri, Path(index))
+    cfg.pick_uri = uri
     return index
 
 
@@ -304,6 +324,9 @@ def _resolve_models(cfg: SimplifyConfig) -> None:
     choices = [("training_finetune_model", "finetune"), ("training_init_frozen_model", "init_frz_model")]
     for key, mode in choices:
         if j[key]:
+            if any(str(f).startswith("s3://") for f in _as_list(j[key])):
+                raise ConfigError(f"{key}: give the model files as local paths (they are uploaded once, by content "
+                                  "hash); s3:// is supported for training_iter0_model_path folders")
             files = [os.path.join(cfg.base_dir, f) for f in _as_list(j[key])]
             missing = [f for f in files if not os.path.isfile(f)]
             if missing:
@@ -314,7 +337,9 @@ def _resolve_models(cfg: SimplifyConfig) -> None:
                 raise ConfigError(f"{key}: the pytorch backend finetunes from .pt checkpoints, not frozen .pth files")
             cfg.iter0_models, cfg.init_mode = [os.path.abspath(f) for f in files], mode
             return
-    if j["training_init_model"]:
+    if j["training_init_model"] and any(p.startswith("s3://") for p in _as_list(j["training_iter0_model_path"])):
+        _s3_models(cfg, _as_list(j["training_iter0_model_path"]))
+    elif j["training_init_model"]:
         dirs = []
         for pattern in _as_list(j["training_iter0_model_path"]):
             dirs += sorted(glob.glob(os.path.join(cfg.base_dir, pattern)))
@@ -328,8 +353,36 @@ def _resolve_models(cfg: SimplifyConfig) -> None:
         cfg.iter0_models, cfg.init_mode = [os.path.abspath(d) for d in dirs], "init_model"
 
 
+def _s3_models(cfg: SimplifyConfig, paths: list[str]) -> None:
+    """training_iter0_model_path as one s3:// prefix holding a training folder per model."""
+    key, n = "training_iter0_model_path", cfg.jdata["numb_models"]
+    uri = _s3_ready(cfg, key, paths)
+    ckpt = "model.ckpt.index" if cfg.jdata["train_backend"] == "tensorflow" else "model.ckpt.pt"
+    dirs = sorted({r.split("/")[0] for r in _s3_listing(key, uri)
+                   if r.count("/") == 1 and (r.endswith("/" + ckpt) or re.fullmatch(r"[^/]+/model\.ckpt.*\.pt", r))})
+    if len(dirs) != n:
+        raise ConfigError(f"{key}: expected numb_models = {n} training folders with a {ckpt} under {uri}, found "
+                          f"{len(dirs)}: {dirs}")
+    cfg.iter0_models, cfg.iter0_items, cfg.init_mode = [uri], dirs, "init_model"
+
+
+def _s3_init_data(cfg: SimplifyConfig) -> None:
+    """init_data_prefix as an s3:// prefix; init_data_sys the systems under it (no wildcards)."""
+    j = cfg.jdata
+    uri = _s3_ready(cfg, "init_data_prefix", [j["init_data_prefix"]])
+    rels = set(_s3_listing("init_data_prefix", uri))
+    for entry in j["init_data_sys"]:
+        if any(c in entry for c in "*?["):
+            raise ConfigError(f"init_data_sys: {entry!r}: wildcards are not supported under an s3:// prefix")
+        if f"{entry.strip('/')}/type.raw" not in rels:
+            raise ConfigError(f"init_data_sys: {entry!r} is no deepmd/npy system under {uri} (no type.raw)")
+    cfg.init_data, cfg.init_items = [uri], [e.strip("/") for e in j["init_data_sys"]]
+
+
 def _resolve_init_data(cfg: SimplifyConfig) -> None:
     j = cfg.jdata
+    if j["init_data_sys"] and str(j["init_data_prefix"]).startswith("s3://"):
+        return _s3_init_data(cfg)
     for entry in j["init_data_sys"]:
         matches = sorted(glob.glob(os.path.join(cfg.base_dir, j["init_data_prefix"], entry)))
         if not matches:

@@ -60,14 +60,15 @@ class InputStager:
         self.uploaded: list[str] = []
         self.reused: list[str] = []
 
-    def __call__(self, paths: list[str] | str):
+    def __call__(self, paths: list[str] | str, items: list[str] | None = None):
+        """`items`: for an s3:// prefix, the sub-paths that make the list an OP receives (default: the prefix)."""
         paths = [paths] if isinstance(paths, str) else list(paths)
         if config["mode"] == "debug" and not config.get("debug_s3"):
             return upload_artifact(paths)
         if len(paths) == 1 and is_s3_uri(paths[0]):
             if not self.render:
                 with s3_keys(self.secrets):
-                    ensure_root_catalog(paths[0])
+                    ensure_catalog(paths[0], items or ["."])
             return S3Artifact(key=s3_key(paths[0]))
         digest = content_hash(paths)
         key = f"{s3_config['prefix']}{INPUT_PREFIX}{digest}"
@@ -85,7 +86,7 @@ class InputStager:
 # pick_data at an s3:// URI: what the config check needs without fetching the frames
 INDEX_FILES = ("type.raw", "type_map.raw", "box.npy")  # types and cells: checks and frame counts
 LABEL_FILES = ("energy.npy", "force.npy")  # only their presence is checked
-ROOT_CATALOG = "simplify-root"
+ROOT_CATALOG = "simplify-catalog"
 
 
 def _prefix(uri: str) -> str:
@@ -98,29 +99,48 @@ def fetch_index(uri: str, dest: Path) -> int:
     from dflow.utils import MinioClient
 
     client, prefix = MinioClient(), _prefix(uri)
-    keys = [k for k in client.list(prefix, recursive=True) if "/.dflow/" not in "/" + k[len(prefix):]]
-    for key in keys:
-        name, target = key.rsplit("/", 1)[-1], dest / key[len(prefix):]
+    rels = list_keys(uri)
+    for rel in rels:
+        name, target = rel.rsplit("/", 1)[-1], dest / rel
         if name in INDEX_FILES or name in LABEL_FILES:
             target.parent.mkdir(parents=True, exist_ok=True)
             if name in INDEX_FILES:
-                client.download(key, str(target))
+                client.download(prefix + rel, str(target))
             else:
                 target.touch()
-    return len(keys)
+    return len(rels)
 
 
-def ensure_root_catalog(uri: str) -> None:
-    """dflow hands an OP a list of paths only if the artifact carries its catalog (`.dflow/`): data that
-    was put into the bucket by other means gets a one-item catalog naming the prefix itself."""
+def list_keys(uri: str) -> list[str]:
+    """Every object under the prefix `uri`, relative to it (dflow's catalogs left out)."""
+    from dflow.utils import MinioClient
+
+    prefix = _prefix(uri)
+    rels = [k[len(prefix):] for k in MinioClient().list(prefix, recursive=True)]
+    return [r for r in rels if not ("/" + r).startswith("/.dflow/") and "/.dflow/" not in "/" + r]
+
+
+def ensure_catalog(uri: str, items: list[str]) -> None:
+    """dflow hands an OP a list of paths only if the artifact carries its catalog (`.dflow/`): data put
+    into the bucket by other means gets one naming `items` (sub-paths of the prefix, "." for itself)."""
     from dflow.utils import MinioClient, upload_s3
 
-    catalog = f"{_prefix(uri)}{config['catalog_dir_name']}/"
-    if MinioClient().list(catalog):
+    catalog_dir = f"{_prefix(uri)}{config['catalog_dir_name']}/"
+    body = json.dumps({"path_list": [{"dflow_list_item": item, "order": i} for i, item in enumerate(items)]})
+    ours = catalog_dir + ROOT_CATALOG
+    existing = MinioClient().list(catalog_dir)
+    if ours in existing:
+        with tempfile.TemporaryDirectory() as tmp:
+            MinioClient().download(ours, str(Path(tmp, "c")))
+            if json.loads(Path(tmp, "c").read_text()) != json.loads(body):
+                raise ValueError(f"{uri} was used before with other sub-folders ({ours}); copy the data to "
+                                 "its own prefix or delete that object")
+        return
+    if existing:  # uploaded by dflow, with its own catalog
         return
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, ROOT_CATALOG).write_text(json.dumps({"path_list": [{"dflow_list_item": ".", "order": 0}]}))
-        upload_s3(str(Path(tmp, ROOT_CATALOG)), key=catalog + ROOT_CATALOG)
+        Path(tmp, ROOT_CATALOG).write_text(body)
+        upload_s3(str(Path(tmp, ROOT_CATALOG)), key=ours)
 
 
 def _marker(digest: str) -> str:
