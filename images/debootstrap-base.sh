@@ -7,6 +7,8 @@
 #     copies *.crt from EXTRA_CA_DIR into the image's /usr/local/share/ca-certificates, so that
 #     builds behind a TLS-intercepting proxy trust it (the Dockerfiles' ca-certificates picks them up).
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"  # debootstrap lives in /usr/sbin, not on every user's PATH
+command -v debootstrap > /dev/null || { echo "debootstrap-base.sh: debootstrap not found (apt-get install debootstrap)" >&2; exit 2; }
 tag=${1:?usage: debootstrap-base.sh TAG [ROOTFS_DIR]}
 rootfs=${2:-$(mktemp -d)}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
