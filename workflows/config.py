@@ -18,6 +18,7 @@ from dargs import Argument
 
 from dflow_simplify.ops.data import count_frames, expand_roots, find_systems
 from dflow_simplify.ops.fp.bad_box import parse_criteria
+from dflow_simplify.workflows.inputs import is_s3_uri
 from dflow_simplify.workflows.step_config import check_step_configs
 from dflow_simplify.ops.fp.base import ENGINES, get_engine
 
@@ -232,13 +233,16 @@ def _check_engine(cfg: SimplifyConfig) -> None:
 
 def _s3_ready(cfg: SimplifyConfig, key: str, uris: list[str]) -> str:
     """The one s3:// URI of config key `key`, once the S3 settings are in place for reading it."""
+    from dflow import config as dflow_config
+
     from .argo import ArgoSettingsError, argo_host, set_s3
-    from .inputs import is_s3_uri, s3_key
+    from .inputs import s3_key
 
     j = cfg.jdata
     if len(uris) != 1 or not is_s3_uri(uris[0]) or any(c in uris[0] for c in "*?["):
         raise ConfigError(f"{key}: an s3:// URI must be the only entry (one prefix, no wildcards), got {uris}")
-    if not (argo_host(j["dflow_config"]) or os.environ.get("DFLOW_DEBUG_S3", "").lower() in ("1", "true")):
+    # the same switch run_local follows: dflow's debug_s3, read by dflow from DFLOW_DEBUG_S3
+    if not (argo_host(j["dflow_config"]) or dflow_config["debug_s3"]):
         raise ConfigError(f"{key}: {uris[0]} is in S3; run on Argo (dflow_config.host) or locally with "
                           "DFLOW_DEBUG_S3=true and dflow_s3_config, or give a local path")
     try:
@@ -266,9 +270,8 @@ def _s3_pick_index(cfg: SimplifyConfig, uris: list[str]) -> str:
     from .inputs import fetch_index
 
     uri = _s3_ready(cfg, "pick_data", uris)
-    _s3_listing("pick_data", uri)
     index = tempfile.mkdtemp(prefix="simplify-pick-index-")
-    fetch_index(uri, Path(index))
+    fetch_index(uri, _s3_listing("pick_data", uri), Path(index))
     cfg.pick_uri = uri
     return index
 
@@ -276,7 +279,7 @@ def _s3_pick_index(cfg: SimplifyConfig, uris: list[str]) -> str:
 def _resolve_pick_data(cfg: SimplifyConfig) -> None:
     j = cfg.jdata
     patterns = _as_list(j["pick_data"])
-    if any(p.startswith("s3://") for p in patterns):
+    if any(is_s3_uri(p) for p in patterns):
         patterns = [_s3_pick_index(cfg, patterns)]
     cfg.pick_roots = expand_roots(patterns, cfg.base_dir)
     if not cfg.pick_roots:
@@ -324,7 +327,7 @@ def _resolve_models(cfg: SimplifyConfig) -> None:
     choices = [("training_finetune_model", "finetune"), ("training_init_frozen_model", "init_frz_model")]
     for key, mode in choices:
         if j[key]:
-            if any(str(f).startswith("s3://") for f in _as_list(j[key])):
+            if any(is_s3_uri(f) for f in _as_list(j[key])):
                 raise ConfigError(f"{key}: give the model files as local paths (they are uploaded once, by content "
                                   "hash); s3:// is supported for training_iter0_model_path folders")
             files = [os.path.join(cfg.base_dir, f) for f in _as_list(j[key])]
@@ -337,7 +340,7 @@ def _resolve_models(cfg: SimplifyConfig) -> None:
                 raise ConfigError(f"{key}: the pytorch backend finetunes from .pt checkpoints, not frozen .pth files")
             cfg.iter0_models, cfg.init_mode = [os.path.abspath(f) for f in files], mode
             return
-    if j["training_init_model"] and any(p.startswith("s3://") for p in _as_list(j["training_iter0_model_path"])):
+    if j["training_init_model"] and any(is_s3_uri(p) for p in _as_list(j["training_iter0_model_path"])):
         _s3_models(cfg, _as_list(j["training_iter0_model_path"]))
     elif j["training_init_model"]:
         dirs = []
@@ -381,7 +384,7 @@ def _s3_init_data(cfg: SimplifyConfig) -> None:
 
 def _resolve_init_data(cfg: SimplifyConfig) -> None:
     j = cfg.jdata
-    if j["init_data_sys"] and str(j["init_data_prefix"]).startswith("s3://"):
+    if j["init_data_sys"] and is_s3_uri(j["init_data_prefix"]):
         return _s3_init_data(cfg)
     for entry in j["init_data_sys"]:
         matches = sorted(glob.glob(os.path.join(cfg.base_dir, j["init_data_prefix"], entry)))

@@ -93,13 +93,12 @@ def _prefix(uri: str) -> str:
     return s3_key(uri).rstrip("/") + "/"
 
 
-def fetch_index(uri: str, dest: Path) -> int:
-    """Mirror the index files of the deepmd/npy systems under `uri` into `dest` (label arrays as empty
-    placeholders); returns how many objects the prefix holds. Reads a few bytes per frame (box.npy)."""
+def fetch_index(uri: str, rels: list[str], dest: Path) -> None:
+    """Mirror the index files among `rels` (the prefix's listing, `list_keys`) into `dest`, label arrays
+    as empty placeholders. Reads a few bytes per frame (box.npy)."""
     from dflow.utils import MinioClient
 
     client, prefix = MinioClient(), _prefix(uri)
-    rels = list_keys(uri)
     for rel in rels:
         name, target = rel.rsplit("/", 1)[-1], dest / rel
         if name in INDEX_FILES or name in LABEL_FILES:
@@ -108,22 +107,21 @@ def fetch_index(uri: str, dest: Path) -> int:
                 client.download(prefix + rel, str(target))
             else:
                 target.touch()
-    return len(rels)
 
 
 def list_keys(uri: str) -> list[str]:
     """Every object under the prefix `uri`, relative to it (dflow's catalogs left out)."""
     from dflow.utils import MinioClient
 
-    prefix = _prefix(uri)
+    prefix, catalogs = _prefix(uri), f"/{config['catalog_dir_name']}/"
     rels = [k[len(prefix):] for k in MinioClient().list(prefix, recursive=True)]
-    return [r for r in rels if not ("/" + r).startswith("/.dflow/") and "/.dflow/" not in "/" + r]
+    return [r for r in rels if catalogs not in "/" + r]
 
 
 def ensure_catalog(uri: str, items: list[str]) -> None:
     """dflow hands an OP a list of paths only if the artifact carries its catalog (`.dflow/`): data put
     into the bucket by other means gets one naming `items` (sub-paths of the prefix, "." for itself)."""
-    from dflow.utils import MinioClient, upload_s3
+    from dflow.utils import MinioClient
 
     catalog_dir = f"{_prefix(uri)}{config['catalog_dir_name']}/"
     body = json.dumps({"path_list": [{"dflow_list_item": item, "order": i} for i, item in enumerate(items)]})
@@ -136,11 +134,17 @@ def ensure_catalog(uri: str, items: list[str]) -> None:
                 raise ValueError(f"{uri} was used before with other sub-folders ({ours}); copy the data to "
                                  "its own prefix or delete that object")
         return
-    if existing:  # uploaded by dflow, with its own catalog
-        return
+    if not existing:  # else uploaded by dflow, with its own catalog
+        put_text(ours, body)
+
+
+def put_text(key: str, text: str) -> None:
+    """A small object (a marker, a catalog) written to `key`."""
+    from dflow.utils import upload_s3
+
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, ROOT_CATALOG).write_text(body)
-        upload_s3(str(Path(tmp, ROOT_CATALOG)), key=ours)
+        Path(tmp, "object").write_text(text)
+        upload_s3(str(Path(tmp, "object")), key=key)
 
 
 def _marker(digest: str) -> str:
@@ -155,8 +159,4 @@ def upload_complete(digest: str) -> bool:
 
 
 def mark_complete(digest: str) -> None:
-    from dflow.utils import upload_s3
-
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "complete").write_text(digest)
-        upload_s3(str(Path(tmp, "complete")), key=_marker(digest))
+    put_text(_marker(digest), digest)

@@ -6,7 +6,6 @@ and Argo runs; `ID` is a run's output folder, or an Argo workflow id with `--con
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -70,7 +69,6 @@ def attach(run_id: str, config_path: str | None = None) -> Run:
     if record.debug_s3:  # as the run was made: its inputs (an s3:// pick_data too) are in S3
         from dflow import config as dflow_config
 
-        os.environ["DFLOW_DEBUG_S3"] = "true"
         dflow_config["debug_s3"] = True
     try:
         cfg = load_config(Path(config_path))
