@@ -119,11 +119,35 @@ class LoopState:
         return sum(len(v) for v in ids.values())
 
     def dump(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.__dict__))
+        """JSON; increasing id lists as runs (`{"runs": [[first, last], ...]}`): a pool of millions of frames is
+        a few numbers until selection fragments it, and this file moves through every step."""
+        data = {k: v if k == "systems" else {key: _encode_ids(ids) for key, ids in v.items()}
+                for k, v in self.__dict__.items()}
+        Path(path).write_text(json.dumps(data))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LoopState":
-        return cls(**json.loads(Path(path).read_text()))
+        data = json.loads(Path(path).read_text())
+        return cls(**{k: v if k == "systems" else {key: _decode_ids(ids) for key, ids in v.items()}
+                      for k, v in data.items()})
+
+
+def _encode_ids(ids: list[int]):
+    if len(ids) < 2 or any(b <= a for a, b in zip(ids, ids[1:])):
+        return list(ids)  # short, or in an order that matters (picks): as is
+    runs, start = [], ids[0]
+    for a, b in zip(ids, ids[1:]):
+        if b != a + 1:
+            runs.append([start, a])
+            start = b
+    runs.append([start, ids[-1]])
+    return {"runs": runs} if 2 * len(runs) < len(ids) else list(ids)
+
+
+def _decode_ids(value) -> list[int]:
+    if isinstance(value, dict):
+        return [i for first, last in value["runs"] for i in range(first, last + 1)]
+    return list(value)
 
 
 def return_failed_frames(state: LoopState, failures: list[dict]) -> LoopState:
@@ -199,3 +223,13 @@ def save_labeled(multi: dpdata.MultiSystems, sources: dict[str, list[tuple[str, 
     multi.to_deepmd_npy(str(out_dir), set_size=10**9)
     for name in multi.systems:
         Path(out_dir, name, "frame_ids.json").write_text(json.dumps(sources.get(name, [])))
+
+
+def pick_data_roots(artifact, paths) -> list[str]:
+    """pick_data's roots for an OP: the artifact it received, or the paths it reads in place (a volume
+    mounted in the pod at the same path; `dflow_config.pick_data_volume`)."""
+    if artifact:
+        return [str(r) for r in artifact]
+    if paths:
+        return [str(r) for r in paths]
+    raise ValueError("pick_data: neither the artifact nor pick_data_paths was given")

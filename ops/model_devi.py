@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
-from dflow.python import OP, OPIO, Artifact, OPIOSign
+from dflow.python import OP, OPIO, Artifact, OPIOSign, Parameter
 
-from .data import LoopState, iter_frames
+from .data import LoopState, iter_frames, pick_data_roots
 
 COLUMNS = ("max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f", "avg_devi_f", "devi_e")
 
@@ -59,11 +59,15 @@ def compute_model_devi(models, roots, ids: dict[str, list[int]], type_map, batch
 
 
 def write_model_devi(path, devi: dict[str, tuple[list[int], np.ndarray]]) -> None:
+    """One row per pool frame, float32 (the precision of `dp model-devi`'s text output DP-GEN reads): this
+    file goes from ModelDevi to SelectConfs every iteration, so it is kept lean."""
     keys = sorted(devi)
     arrays = {"columns": np.array(COLUMNS)}
-    arrays["system"] = np.concatenate([np.full(len(devi[k][0]), i) for i, k in enumerate(keys)]) if keys else np.zeros(0, int)
-    arrays["frame"] = np.concatenate([np.asarray(devi[k][0]) for k in keys]) if keys else np.zeros(0, int)
-    arrays["values"] = np.concatenate([devi[k][1] for k in keys]) if keys else np.zeros((0, len(COLUMNS)))
+    arrays["system"] = (np.concatenate([np.full(len(devi[k][0]), i, np.int32) for i, k in enumerate(keys)])
+                        if keys else np.zeros(0, np.int32))
+    arrays["frame"] = np.concatenate([np.asarray(devi[k][0], np.int32) for k in keys]) if keys else np.zeros(0, np.int32)
+    arrays["values"] = (np.concatenate([devi[k][1] for k in keys]).astype(np.float32) if keys
+                        else np.zeros((0, len(COLUMNS)), np.float32))
     arrays["systems"] = np.array(keys if keys else [""])
     np.savez(path, **arrays)
 
@@ -85,7 +89,8 @@ class ModelDevi(OP):
     def get_input_sign(cls):
         return OPIOSign({
             "models": Artifact(List[Path]),
-            "pick_data": Artifact(List[Path]),
+            "pick_data": Artifact(List[Path], optional=True),
+            "pick_data_paths": Parameter(List[str], default=[]),
             "state": Artifact(Path),
             "type_map": List[str],
             "batch_size": int,
@@ -99,7 +104,8 @@ class ModelDevi(OP):
     def execute(self, ip: OPIO) -> OPIO:
         state = LoopState.load(ip["state"])
         models = load_models(sorted(ip["models"], key=lambda p: Path(p).name))
-        devi = compute_model_devi(models, [str(r) for r in ip["pick_data"]], state.pool, ip["type_map"], ip["batch_size"])
+        roots = pick_data_roots(ip["pick_data"], ip["pick_data_paths"])
+        devi = compute_model_devi(models, roots, state.pool, ip["type_map"], ip["batch_size"])
         write_model_devi("model_devi.npz", devi)
         vals = np.concatenate([v for _, v in devi.values()]) if devi else np.zeros((0, len(COLUMNS)))
         summary = {c: {"min": float(vals[:, j].min()), "median": float(np.median(vals[:, j])), "max": float(vals[:, j].max())}

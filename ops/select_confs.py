@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
-from dflow.python import OP, OPIO, Artifact, OPIOSign
+from dflow.python import OP, OPIO, Artifact, OPIOSign, Parameter
 
-from .data import LoopState, extract_frames, flatten, group_ids, write_frame_ids
+from .data import LoopState, extract_frames, flatten, group_ids, pick_data_roots, write_frame_ids
 from .model_devi import read_model_devi
 
 FAILED, CANDIDATE, ACCURATE = "failed", "candidate", "accurate"
@@ -106,7 +106,8 @@ class SelectConfs(OP):
         return OPIOSign({
             "state": Artifact(Path),
             "model_devi": Artifact(Path, optional=True),
-            "pick_data": Artifact(List[Path]),
+            "pick_data": Artifact(List[Path], optional=True),
+            "pick_data_paths": Parameter(List[str], default=[]),
             "select_params": dict,
             "iter_index": int,
         })
@@ -140,7 +141,7 @@ class SelectConfs(OP):
         go_on = counts["n_selected"] > 0 and (stop_iter is None or it < stop_iter)
         groups = split_groups(picked, p.get("group_size", 1)) if go_on else []
         # each RunFP task gets its group's frames, not pick_data: per iteration only the picks move
-        roots = [str(r) for r in ip["pick_data"]]
+        roots = pick_data_roots(ip["pick_data"], ip["pick_data_paths"])
         fp_inputs = []
         for g, ids in enumerate(groups):
             extract_frames(roots, ids, p["type_map"], p["keep_labels"], Path("fp_inputs", "%06d" % g))

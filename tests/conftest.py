@@ -28,4 +28,5 @@ def example_run(example, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("example-run")
     proc = run_cli([example / "config.json", "-o", out])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (out / "cli-stdout.txt").write_text(proc.stdout)
     return out

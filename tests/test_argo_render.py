@@ -142,9 +142,9 @@ HPC = {"type": "dispatcher", "host": "hpc.example.org", "username": "alice", "im
        "resources_dict": {"number_node": 1, "cpu_per_node": 8, "queue_name": "cpu", "group_size": 1}}
 
 
-def _render_with(example, tmp_path, step_configs) -> tuple:
+def _render_with(example, tmp_path, step_configs, **dflow_config) -> tuple:
     j = json.loads((example / "config.json").read_text())
-    j["dflow_config"] = {"host": "https://argo.example.org:2746", "namespace": "simplify"}
+    j["dflow_config"] = {"host": "https://argo.example.org:2746", "namespace": "simplify", **dflow_config}
     j["dflow_s3_config"] = {"endpoint": "minio.example.org:9000", "bucket_name": "simplify"}
     j["step_configs"] = step_configs
     for name in ("data", "models"):
@@ -175,4 +175,47 @@ def test_hpc_executor_runs_training_through_dpdispatcher(example, tmp_path):
 ])
 def test_bad_executor_is_refused_before_anything_is_built(example, tmp_path, bad, message):
     proc, _ = _render_with(example, tmp_path, {"run_fp": {"executor": bad}})
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1500:]
+
+
+def _artifacts(manifest, name) -> list:
+    """Every declaration of and argument for the artifact `name`, in templates and steps."""
+    found = []
+    for t in manifest["spec"]["templates"]:
+        found += [a for a in t.get("inputs", {}).get("artifacts", []) if a["name"] == name]
+        for s in (s for g in t.get("steps", []) for s in g):
+            found += [a for a in s.get("arguments", {}).get("artifacts", []) if a["name"] == name]
+    return found
+
+
+def test_pick_data_on_a_volume_is_read_in_place_never_an_artifact(example, tmp_path):
+    """dflow_config.pick_data_volume: ModelDevi and SelectConfs mount the claim read-only and read pick_data at
+    its paths; no step downloads it (on Argo, a per-iteration download of the whole data set otherwise)."""
+    volume = {"claim_name": "shared-datasets", "mount_path": str(tmp_path)}
+    proc, manifest = _render_with(example, tmp_path, {}, pick_data_volume=volume)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not list(jsonschema.Draft202012Validator(strict_schema()).iter_errors(manifest))
+    # declared optional by the OPs, never given: no S3 key, nothing to download
+    assert _artifacts(manifest, "pick_data") and all(a["optional"] and "s3" not in a for a in _artifacts(manifest, "pick_data"))
+    assert any("s3" in a for a in _artifacts(manifest, "state"))  # while the other inputs still are artifacts
+    readers = [t for t in manifest["spec"]["templates"] if t["name"].startswith(("modeldevi", "selectconfs"))
+               and not t["name"].endswith("init-artifact")]
+    assert {t["name"].split("-")[0] for t in readers} == {"modeldevi", "selectconfs"}
+    for t in readers:
+        assert t["volumes"] == [{"name": "pick-data", "persistentVolumeClaim": {"claimName": "shared-datasets",
+                                                                               "readOnly": True}}]
+        assert t["script"]["volumeMounts"] == [{"name": "pick-data", "mountPath": str(tmp_path), "readOnly": True}]
+    others = [t for t in manifest["spec"]["templates"] if "script" in t and t not in readers]
+    assert others and not any(t.get("volumes") or t["script"].get("volumeMounts") for t in others)
+    assert str(tmp_path / "data" / "pick") in json.dumps(manifest)  # in pick_data_paths, a parameter
+
+
+@pytest.mark.parametrize("volume, message", [
+    ({"claim_name": "Datasets", "mount_path": "/data"}, "pick_data_volume.claim_name: expected a PersistentVolumeClaim"),
+    ({"claim_name": "datasets", "mount_path": "data"}, "pick_data_volume.mount_path: expected an absolute path"),
+    ({"claim_name": "datasets", "mount_path": "/data", "size": 1}, "dflow_config.pick_data_volume: expected"),
+    ({"claim_name": "datasets", "mount_path": "/elsewhere"}, "is not under dflow_config.pick_data_volume.mount_path"),
+])
+def test_bad_pick_data_volume_is_refused(example, tmp_path, volume, message):
+    proc, _ = _render_with(example, tmp_path, {}, pick_data_volume=volume)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1500:]

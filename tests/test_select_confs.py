@@ -1,5 +1,7 @@
 """SelectConfs' plain functions: DP-GEN's classification, the capped seeded pick, the new pool."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,17 @@ def test_split_groups_keeps_every_frame_once():
     assert sorted((k, i) for g in groups for k, v in g.items() for i in v) == [
         ("0/a", 1), ("0/a", 2), ("0/a", 3), ("0/b", 0), ("0/b", 5)]
     assert CANDIDATE == "candidate"
+
+
+def test_loop_state_file_stays_small_for_a_large_pool_and_round_trips(tmp_path):
+    """The state moves through every step: a million-frame pool is a few runs, picks keep their order."""
+    state = LoopState.initial({"0/big": 1_000_000, "0/small": 3})
+    state.pool["0/big"] = [i for i in state.pool["0/big"] if i not in (10, 500_000)]
+    state.picked = {"0/big": [500_000, 10]}
+    state.accurate = {"0/small": [0, 2]}
+    state.dump(tmp_path / "state.json")
+    assert (tmp_path / "state.json").stat().st_size < 500
+    assert LoopState.load(tmp_path / "state.json") == state
+    old_style = tmp_path / "old.json"  # files written before the runs encoding still load
+    old_style.write_text(json.dumps({"systems": {"0/a": 3}, "pool": {"0/a": [0, 2]}}))
+    assert LoopState.load(old_style).pool == {"0/a": [0, 2]}

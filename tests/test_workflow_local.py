@@ -1,12 +1,14 @@
 """The example end to end in local mode (real training, real D3 labels); a run stopped and resubmitted."""
 
 import json
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import dpdata
+import matplotlib.image as matplotlib_image
 import numpy as np
 import pytest
 from ase.calculators.emt import EMT
@@ -97,6 +99,48 @@ def test_final_models_predict_the_new_level_better_than_the_originals(example, e
         # D3 forces are small next to the original models' own EMT force error (~0.09 eV/A), which training
         # on ~50 frames with a frozen descriptor does not reduce: forces must not get worse by more than 5%
         assert f_new < 1.05 * f_old
+
+
+def test_the_run_shows_progress_and_reports_with_figures(example, example_run):
+    log = (example_run / "cli-stdout.txt").read_text()
+    # a line per step as it ends (iteration, step, frames relabeled so far), a row per iteration
+    assert re.search(r"^\[iteration 1\] run-train-000\d succeeded \(4 done\); frames relabeled so far: 10$", log, re.M)
+    assert re.search(r"^\[iteration 1\] run-fp-00000\d succeeded \(2 done\); frames relabeled so far: 25$", log, re.M)
+    assert re.search(r"^\[iteration 1\] pool 190 ", log, re.M)
+    report = json.loads((example_run / "report.json").read_text())
+    page = (example_run / "report.html").read_text()
+    for name in ("deviation.png", "counts.png", "lcurves.png", "final_error.png"):
+        image = matplotlib_image.imread(example_run / name)
+        assert image.shape[0] > 300 and image.shape[1] > 600 and image[..., :3].std() > 0.05  # drawn, not blank
+        assert f"src='{name}'" in page
+    # the final models' error on the relabeled frames, as report.json states it, recomputed independently
+    final = sorted((example_run / "models").glob("graph.*.pb"))
+    per_system = [_rmse(final, dpdata.System(str(d), fmt="deepmd/npy", type_map=TYPE_MAP))
+                  for d in sorted((example_run / "dataset").iterdir())]
+    got = report["final_rmse_on_relabeled"]
+    assert got["n_frames"] == report["n_relabeled"]
+    assert min(e for e, _ in per_system) - 1e-6 <= got["energy_per_atom"] <= max(e for e, _ in per_system) + 1e-6
+    assert min(f for _, f in per_system) - 1e-6 <= got["force"] <= max(f for _, f in per_system) + 1e-6
+
+
+def test_pick_data_on_a_volume_is_read_in_place(example, tmp_path):
+    """With dflow_config.pick_data_volume, ModelDevi and SelectConfs read pick_data at its paths (on Argo: the
+    mounted claim); no step gets it as an artifact. One training iteration (stop_iter: 1)."""
+    j = json.loads((example / "config.json").read_text())
+    j.update(pick_data=str(example / "data" / "pick"), training_iter0_model_path=[str(example / "models" / "00*")],
+             stop_iter=1, dflow_config={"pick_data_volume": {"claim_name": "datasets", "mount_path": str(example)}})
+    (tmp_path / "config.json").write_text(json.dumps(j))
+    proc = run_cli([tmp_path / "config.json", "-o", tmp_path / "run"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [it["iteration"] for it in report["iterations"]] == [0, 1] and report["n_relabeled"] == 10
+    assert report["iterations"][1]["n_pool"] == 190  # ModelDevi evaluated the pool, read in place
+    steps = [d for d in (tmp_path / "run" / "work").glob("*/iter-*") if (d / "inputs").is_dir()]
+    readers = [d for d in steps if d.name.endswith(("--model-devi", "--select-confs"))]
+    assert len(readers) == 3  # iteration 0's select-confs, iteration 1's model-devi and select-confs
+    assert not any((d / "inputs" / "artifacts" / "pick_data").exists() for d in steps)
+    assert all(str(example / "data" / "pick") in (d / "inputs" / "parameters" / "pick_data_paths").read_text()
+               for d in readers)
 
 
 def _step_phase(workdir: Path, key: str) -> str:

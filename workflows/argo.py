@@ -15,7 +15,8 @@ import os
 from dflow import config, s3_config
 
 # dflow_config keys a user may set, and the DFLOW_* variables dflow itself reads for them
-ARGO_KEYS = ("host", "namespace", "token", "k8s_config_file", "k8s_api_server", "service_account", "image_registry")
+ARGO_KEYS = ("host", "namespace", "token", "k8s_config_file", "k8s_api_server", "service_account", "image_registry",
+             "pick_data_volume")
 S3_KEYS = ("endpoint", "console", "bucket_name", "access_key", "secret_key", "secure", "prefix", "repo_key", "repo")
 SECRET_KEYS = ("access_key", "secret_key")  # of s3_config
 SECRET_CONFIG = ("token",)  # of dflow's config

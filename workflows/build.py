@@ -66,6 +66,7 @@ def loop_parameters(cfg: SimplifyConfig) -> dict:
         "fp_params": j["fp_params"],
         "skip_bad_box": j.get("fp_skip_bad_box") or "",
         "model_devi_batch_size": int(sc.get("model_devi", {}).get("batch_size", 256)),
+        "pick_data_paths": cfg.pick_roots if cfg.pick_volume else [],
     }
 
 
@@ -112,9 +113,11 @@ def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLik
     staging.mkdir(parents=True, exist_ok=True)
     LoopState.initial(cfg.systems).dump(staging / "state0.json")
     params = loop_parameters(cfg)
-    tconf = StageSettings(cfg.jdata["step_configs"], cfg.fp_style, image_registry(cfg.jdata["dflow_config"]))
+    tconf = StageSettings(cfg.jdata["step_configs"], cfg.fp_style, image_registry(cfg.jdata["dflow_config"]),
+                          pick_volume=cfg.pick_volume)
 
-    pick_data = to_artifact([cfg.pick_uri] if cfg.pick_uri else cfg.pick_roots)
+    # pick_data: one artifact (uploaded once, or an s3:// prefix), or read in place from a mounted volume
+    pick_data = None if cfg.pick_volume else to_artifact([cfg.pick_uri] if cfg.pick_uri else cfg.pick_roots)
     state0 = to_artifact(str(staging / "state0.json"))
     models0 = cfg.iter0_models or _placeholder_models(cfg.jdata["numb_models"], staging / "no-model")
     init_models = to_artifact(models0, items=cfg.iter0_items)
@@ -122,11 +125,14 @@ def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLik
     fp_files = to_artifact(_stage_fp_files(cfg.fp_files, staging / "fp_files")) if cfg.fp_files else None
 
     key0 = iter_name(0)
-    select0 = select_step("iter0-select-confs", key0, state0, None, pick_data, params["select_params"], 0, tconf)
+    select0 = select_step("iter0-select-confs", key0, state0, None, pick_data, params["pick_data_paths"],
+                          params["select_params"], 0, tconf)
     fp0 = fp_step("iter0-run-fp", key0, select0, fp_files, params["type_map"], params["fp_style"],
                   params["fp_params"], params["skip_bad_box"], tconf)
-    artifacts = {"pick_data": pick_data, "state": select0.outputs.artifacts["state"], "init_models": init_models,
+    artifacts = {"state": select0.outputs.artifacts["state"], "init_models": init_models,
                  "new_data": fp0.outputs.artifacts["labeled_data"], "fp_failures": fp0.outputs.artifacts["failures"]}
+    if pick_data is not None:
+        artifacts["pick_data"] = pick_data
     if cfg.init_data:
         artifacts["init_data"] = to_artifact(cfg.init_data, items=cfg.init_items)
     if fp_files is not None:

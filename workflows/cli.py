@@ -83,18 +83,22 @@ def set_local_mode(workdir: Path) -> None:
 
 
 class TablePrinter:
-    """Prints a row per iteration as soon as it is known, from a background thread."""
+    """Prints, from a background thread, a line per step as it ends and a row per iteration as soon as it is known."""
 
     def __init__(self, wf):
-        self.wf, self.printed, self.stop = wf, set(), threading.Event()
+        self.wf, self.printed, self.seen, self.stop = wf, set(), set(), threading.Event()
 
     def poll(self) -> None:
-        from .report import iteration_rows
+        from .report import iteration_rows, step_events
 
         try:
-            rows = iteration_rows(self.wf.query_step())
+            steps = self.wf.query_step()
+            events = step_events(steps, self.seen)
+            rows = iteration_rows(steps)
         except Exception:  # the workflow folder is being written; try again later
             return
+        for line in events:
+            print(line, flush=True)
         for r in rows:
             if r["iteration"] not in self.printed and r["fp_done"]:
                 self.printed.add(r["iteration"])

@@ -116,6 +116,7 @@ class SimplifyConfig:
     base_dir: Path
     pick_roots: list[str] = field(default_factory=list)
     pick_uri: str | None = None  # pick_data already in the bucket; pick_roots then hold its index files
+    pick_volume: dict | None = None  # dflow_config.pick_data_volume: the OPs read pick_roots in place
     iter0_items: list[str] | None = None  # model folders under an s3:// iter0_models[0]
     init_items: list[str] | None = None  # systems under an s3:// init_data[0]
     systems: dict[str, int] = field(default_factory=dict)  # system key -> frames
@@ -393,6 +394,34 @@ def _resolve_init_data(cfg: SimplifyConfig) -> None:
         cfg.init_data += [os.path.abspath(m) for m in matches]
 
 
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _check_pick_volume(cfg: SimplifyConfig) -> None:
+    """dflow_config.pick_data_volume = {"claim_name", "mount_path"[, "sub_path"]}: the pods that read pick_data
+    (ModelDevi, SelectConfs) mount that PersistentVolumeClaim read-only at mount_path and read pick_data
+    there, at the same paths as on this machine (a shared file system), instead of downloading it."""
+    vol = cfg.jdata["dflow_config"].get("pick_data_volume")
+    if vol is None:
+        return
+    where = "dflow_config.pick_data_volume"
+    if not isinstance(vol, dict) or set(vol) - {"claim_name", "mount_path", "sub_path"}:
+        raise ConfigError(f"{where}: expected {{\"claim_name\": ..., \"mount_path\": ...[, \"sub_path\": ...]}}, got {vol!r}")
+    claim, mount = vol.get("claim_name"), vol.get("mount_path")
+    if not isinstance(claim, str) or len(claim) > 253 or not DNS_LABEL.fullmatch(claim):
+        raise ConfigError(f"{where}.claim_name: expected a PersistentVolumeClaim name (lower case, digits, '-'), got {claim!r}")
+    if not isinstance(mount, str) or not os.path.isabs(mount):
+        raise ConfigError(f"{where}.mount_path: expected an absolute path, got {mount!r}")
+    if cfg.pick_uri:
+        raise ConfigError(f"{where}: pick_data is in S3 ({cfg.pick_uri}); a volume needs pick_data as a path under "
+                          f"{mount}")
+    outside = [r for r in cfg.pick_roots if os.path.commonpath([r, os.path.abspath(mount)]) != os.path.abspath(mount)]
+    if outside:
+        raise ConfigError(f"pick_data: {outside[0]} is not under {where}.mount_path {mount}; the pods read pick_data "
+                          "at the same paths as this machine")
+    cfg.pick_volume = dict(vol)
+
+
 def load_config(path: str | os.PathLike) -> SimplifyConfig:
     path = Path(path).resolve()
     raw = _read_json(path)
@@ -406,6 +435,7 @@ def validate(raw: dict, base_dir: str | os.PathLike) -> SimplifyConfig:
     cfg = SimplifyConfig(jdata=jdata, base_dir=Path(base_dir).resolve())
     _check_engine(cfg)
     _resolve_pick_data(cfg)
+    _check_pick_volume(cfg)
     _resolve_init_data(cfg)
     _resolve_models(cfg)
     return cfg

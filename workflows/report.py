@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -58,6 +59,68 @@ def iteration_rows(steps) -> list[dict]:
     return rows
 
 
+def _iteration_of(key: str) -> int:
+    return int(key.split("--", 1)[0].split("-")[1])
+
+
+def _download_files(artifact, tmp: Path, name: str, pattern: str) -> list[Path]:
+    download_artifact(artifact, path=tmp / name)
+    return sorted(f for f in (tmp / name).rglob(pattern) if ".dflow" not in f.parts)
+
+
+def figure_inputs(steps, tmp: Path) -> tuple[dict, dict]:
+    """Per iteration: the deviations ModelDevi computed ((n, 2) max_devi_f, devi_e) and every model's lcurve."""
+    import numpy as np
+
+    from dflow_simplify.ops.model_devi import COLUMNS
+
+    from .figures import read_lcurve
+
+    devi, lcurves = {}, {}
+    for key, step in sorted(_by_key(steps).items()):
+        if step.phase != "Succeeded":
+            continue
+        if key.endswith("--model-devi"):
+            for f in _download_files(step.outputs.artifacts["model_devi"], tmp, key, "*.npz"):
+                z = np.load(f)
+                devi[_iteration_of(key)] = z["values"][:, [COLUMNS.index("max_devi_f"), COLUMNS.index("devi_e")]]
+        elif re.search(r"--run-train-\d+$", key):
+            # a slice's artifact may show its siblings' files too (debug mode): one curve per distinct file
+            for f in _download_files(step.outputs.artifacts["lcurve"], tmp, key, "lcurve.out"):
+                lcurves.setdefault(_iteration_of(key), {})[hashlib.sha256(f.read_bytes()).hexdigest()] = read_lcurve(f)
+    return devi, {it: list(curves.values()) for it, curves in lcurves.items()}
+
+
+def write_figures(steps, cfg, output: Path, report: dict) -> list[str]:
+    """The PNGs and report.html next to report.json; adds the final models' RMSE on the relabeled frames."""
+    from . import figures
+
+    j = cfg.jdata
+    trust = {"f_lo": j["model_devi_f_trust_lo"], "f_hi": j["model_devi_f_trust_hi"],
+             "e_lo": j["model_devi_e_trust_lo"], "e_hi": j["model_devi_e_trust_hi"]}
+    written = []
+    with tempfile.TemporaryDirectory() as tmp:
+        devi, lcurves = figure_inputs(steps, Path(tmp))
+    if devi:
+        figures.plot_deviation(devi, trust, output / "deviation.png")
+        written.append("deviation.png")
+    if report["iterations"]:
+        figures.plot_counts(report["iterations"], output / "counts.png")
+        written.append("counts.png")
+    if lcurves:
+        figures.plot_lcurves(lcurves, output / "lcurves.png")
+        written.append("lcurves.png")
+    models = sorted(Path(output, "models").glob("graph.*"))
+    err = figures.final_errors(models, output / "dataset", j["type_map"]) if models else {}
+    if err:
+        figures.plot_final_error(err, output / "final_error.png")
+        written.append("final_error.png")
+        report["final_rmse_on_relabeled"] = {"energy_per_atom": round(err["rmse_e_per_atom"], 6),
+                                             "force": round(err["rmse_f"], 6), "n_frames": err["n_frames"]}
+    figures.write_html(output, report, written)
+    return written
+
+
 def consolidate_dataset(src: str | os.PathLike, dst: str | os.PathLike, type_map: list[str]) -> int:
     """Merge every relabeled group below `src` into one deepmd/npy set per formula in `dst`,
     with `frame_ids.json` (pick_data system and frame of every frame, in order)."""
@@ -78,6 +141,25 @@ def consolidate_dataset(src: str | os.PathLike, dst: str | os.PathLike, type_map
         for name in multi.systems:
             Path(dst, name, "frame_ids.json").write_text(json.dumps(sources[name]))
     return multi.get_nframes()
+
+
+def step_events(steps, seen: set) -> list[str]:
+    """One line per keyed OP step that ended since the last call (`seen` is updated): iteration, stage,
+    how many of that stage are done in the iteration, and the frames relabeled so far."""
+    keyed = {k: s for k, s in _by_key(steps).items() if getattr(s, "type", "Pod") == "Pod"}
+    ended = sorted(k for k, s in keyed.items() if s.phase in ("Succeeded", "Failed", "Error") and k not in seen)
+    relabeled = sum(_sliced_int(s.outputs.parameters["n_labeled"].value) for k, s in keyed.items()
+                    if "--run-fp-" in k and s.phase == "Succeeded")
+    lines = []
+    for key in ended:
+        seen.add(key)
+        prefix, stage = key.split("--", 1)
+        kind = re.sub(r"-\d+$", "", stage)
+        done = sum(1 for k in keyed if k.startswith(prefix + "--" + kind) and k in seen)
+        count = f" ({done} done)" if kind != stage else ""
+        lines.append(f"[iteration {_iteration_of(key)}] {stage} {keyed[key].phase.lower()}{count}; "
+                     f"frames relabeled so far: {relabeled}")
+    return lines
 
 
 def format_table(rows: list[dict]) -> str:
@@ -121,8 +203,10 @@ def collect_outputs(wf, cfg, output: Path, wall_time: float | None = None) -> di
         "wall_time_s": None if wall_time is None else round(wall_time, 1),
         "iterations": [{c: r.get(c) for c in ITER_COLUMNS} for r in rows],
     }
+    figs = write_figures(steps, cfg, Path(output), report)
     Path(output, "report.json").write_text(json.dumps(report, indent=2))
     print(format_table(rows))
+    print(f"figures: {', '.join(figs) or '-'} and report.html in {output}")
     if report["converged"] and report["n_failed_left"]:
         print(f"warning: {report['n_failed_left']} frames stayed above the trust_hi levels (failed) and were never "
               "relabeled; raise model_devi_f_trust_hi / e_trust_hi to include them")

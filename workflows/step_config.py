@@ -122,13 +122,32 @@ def check_executor(executor: dict, where: str) -> None:
                          "(private_key_file) or the cluster's own credentials instead")
 
 
+PICK_DATA_READERS = ("model_devi", "select_confs")
+
+
+def pick_data_mounts(volume: dict) -> dict:
+    """The volume holding pick_data (a PersistentVolumeClaim), mounted read-only where the config names it.
+    Local mode has nothing to mount: the paths are this machine's."""
+    from dflow import config
+
+    if config["mode"] == "debug":
+        return {}
+    from kubernetes.client import V1PersistentVolumeClaimVolumeSource, V1Volume, V1VolumeMount
+
+    claim = V1PersistentVolumeClaimVolumeSource(claim_name=volume["claim_name"], read_only=True)
+    return {"volumes": [V1Volume(name="pick-data", persistent_volume_claim=claim)],
+            "mounts": [V1VolumeMount(name="pick-data", mount_path=volume["mount_path"], read_only=True,
+                                     sub_path=volume.get("sub_path") or None)]}
+
+
 class StageSettings:
     """What each stage's template and step get, from step_configs and the default images."""
 
-    def __init__(self, step_configs: dict, fp_style: str, registry: str = ""):
+    def __init__(self, step_configs: dict, fp_style: str, registry: str = "", pick_volume: dict | None = None):
         self.step_configs = step_configs
         self.fp_style = fp_style
         self.registry = registry
+        self.pick_volume = pick_volume  # dflow_config.pick_data_volume: mounted where pick_data is read
 
     def conf(self, stage: str) -> dict:
         return self.step_configs.get(stage, {})
@@ -144,6 +163,8 @@ class StageSettings:
         out.update({k: v for k, v in tc.items() if v is not None})
         if conf.get("envs"):
             out["envs"] = conf["envs"]
+        if self.pick_volume and stage in PICK_DATA_READERS:
+            out.update(pick_data_mounts(self.pick_volume))
         return out
 
     def step(self, stage: str) -> dict:

@@ -22,7 +22,7 @@ from .step_config import StageSettings
 
 LOOP_PARAMETERS = ("iter_index", "iter_name", "numb_models", "train_template", "train_options", "train_config",
                    "next_train_config", "select_params", "type_map", "fp_style", "fp_params", "skip_bad_box",
-                   "model_devi_batch_size")
+                   "model_devi_batch_size", "pick_data_paths")
 
 
 def fp_step(name: str, key_prefix: str, select: Step, fp_files, type_map, fp_style, fp_params,
@@ -48,15 +48,18 @@ def fp_step(name: str, key_prefix: str, select: Step, fp_files, type_map, fp_sty
     )
 
 
-def select_step(name: str, key_prefix: str, state, model_devi, pick_data, select_params, iter_index,
+def select_step(name: str, key_prefix: str, state, model_devi, pick_data, pick_data_paths, select_params, iter_index,
                 settings: StageSettings) -> Step:
-    artifacts = {"state": state, "pick_data": pick_data}
+    """SelectConfs; pick_data as an artifact, or (None) read in place at `pick_data_paths` (a mounted volume)."""
+    artifacts = {"state": state}
+    if pick_data is not None:
+        artifacts["pick_data"] = pick_data
     if model_devi is not None:
         artifacts["model_devi"] = model_devi
     return Step(
         name,
         template=PythonOPTemplate(SelectConfs, **settings.template("select_confs")),
-        parameters={"select_params": select_params, "iter_index": iter_index},
+        parameters={"select_params": select_params, "iter_index": iter_index, "pick_data_paths": pick_data_paths},
         artifacts=artifacts,
         key=f"{key_prefix}--select-confs",
     )
@@ -69,9 +72,10 @@ class SimplifyIteration(Steps):
         super().__init__(name)
         for p in LOOP_PARAMETERS:
             self.inputs.parameters[p] = InputParameter()
-        for a in ("pick_data", "state", "init_models"):
+        for a in ("state", "init_models"):
             self.inputs.artifacts[a] = InputArtifact()
-        for a in ("iter_data", "new_data", "fp_failures", "init_data", "fp_files"):
+        # pick_data: absent when the OPs read it in place from a volume (pick_data_paths)
+        for a in ("pick_data", "iter_data", "new_data", "fp_failures", "init_data", "fp_files"):
             self.inputs.artifacts[a] = InputArtifact(optional=True)
         for a in ("models", "checkpoints", "dataset"):
             self.outputs.artifacts[a] = OutputArtifact()
@@ -110,14 +114,15 @@ class SimplifyIteration(Steps):
         devi = Step(
             "model-devi",
             template=PythonOPTemplate(ModelDevi, **settings.template("model_devi")),
-            parameters={"type_map": par["type_map"], "batch_size": par["model_devi_batch_size"]},
+            parameters={"type_map": par["type_map"], "batch_size": par["model_devi_batch_size"],
+                        "pick_data_paths": par["pick_data_paths"]},
             artifacts={"models": train.outputs.artifacts["model"], "pick_data": art["pick_data"],
                        "state": prep.outputs.artifacts["state"]},
             key=f"{key}--model-devi",
         )
         self.add(devi)
         select = select_step("select-confs", key, prep.outputs.artifacts["state"], devi.outputs.artifacts["model_devi"],
-                             art["pick_data"], par["select_params"], par["iter_index"], settings)
+                             art["pick_data"], par["pick_data_paths"], par["select_params"], par["iter_index"], settings)
         self.add(select)
         fp = fp_step("run-fp", key, select, art["fp_files"], par["type_map"], par["fp_style"],
                      par["fp_params"], par["skip_bad_box"], settings)

@@ -1,0 +1,68 @@
+"""The report's pieces on their own: lcurve parsing, the figures, report.html, the progress lines."""
+
+from types import SimpleNamespace
+
+import matplotlib.image as matplotlib_image
+import numpy as np
+
+from dflow_simplify.workflows import figures
+from dflow_simplify.workflows.report import step_events
+
+LCURVE = """# step       rmse_trn    rmse_e_trn    rmse_f_trn   lr
+# If there is no available reference data, rmse_*_{val,trn} will print nan
+      0      2.22e+00      6.64e-01      1.45e-01    1.0e-03
+    100      1.10e+00      3.00e-01      1.20e-01    5.0e-04
+    200      9.00e-01      1.00e-01      1.10e-01    2.5e-04
+"""
+
+
+def test_lcurve_columns_by_name(tmp_path):
+    (tmp_path / "lcurve.out").write_text(LCURVE)
+    lc = figures.read_lcurve(tmp_path / "lcurve.out")
+    assert list(lc) == ["step", "rmse_trn", "rmse_e_trn", "rmse_f_trn", "lr"]
+    assert lc["step"].tolist() == [0, 100, 200] and lc["rmse_e_trn"][-1] == 0.1
+
+
+def _drawn(path) -> bool:
+    image = matplotlib_image.imread(path)
+    return image.shape[0] > 300 and image[..., :3].std() > 0.05
+
+
+def test_figures_and_page_from_data(tmp_path):
+    (tmp_path / "lcurve.out").write_text(LCURVE)
+    rng = np.random.default_rng(0)
+    devi = {1: np.abs(rng.normal(0.1, 0.05, (190, 2))), 2: np.abs(rng.normal(0.3, 0.1, (24, 2))), 3: np.zeros((0, 2))}
+    figures.plot_deviation(devi, {"f_lo": 0.17, "f_hi": 10.0, "e_lo": 1e10, "e_hi": 1e10}, tmp_path / "deviation.png")
+    rows = [{"iteration": 0, "n_pool": 200, "n_candidate": 200, "n_accurate": 0, "n_failed": 0, "n_selected": 10,
+             "n_relabeled": 10, "n_fp_failed": 0}, {"iteration": 1, "n_pool": 190, "n_candidate": 39, "n_accurate": 151,
+                                                     "n_failed": 0, "n_selected": 0, "n_relabeled": 0, "n_fp_failed": None}]
+    figures.plot_counts(rows, tmp_path / "counts.png")
+    figures.plot_lcurves({1: [figures.read_lcurve(tmp_path / "lcurve.out")]}, tmp_path / "lcurves.png")
+    ref = rng.normal(size=30)
+    figures.plot_final_error({"e_ref": ref, "e_pred": ref + 0.01, "f_ref": ref, "f_pred": ref, "rmse_e_per_atom": 0.01,
+                              "rmse_f": 0.0, "n_frames": 30}, tmp_path / "final_error.png")
+    for name in figures.FIGURES:
+        assert _drawn(tmp_path / name), name
+    page = figures.write_html(tmp_path, {"workflow_id": "wf<1>", "iterations": rows}, list(figures.FIGURES)).read_text()
+    assert "wf&lt;1&gt;" in page and "<th>n_candidate</th>" in page and "<td>151</td>" in page
+    assert all(f"src='{name}'" in page for name in figures.FIGURES)
+
+
+def _step(key, phase, n_labeled=None):
+    params = {} if n_labeled is None else {"n_labeled": SimpleNamespace(value=str(n_labeled))}
+    return SimpleNamespace(key=key, phase=phase, type="Pod", outputs=SimpleNamespace(parameters=params))
+
+
+def test_progress_lines_once_per_step_with_frames_so_far():
+    seen = set()
+    steps = [_step("iter-000000--run-fp-000000", "Succeeded", 10), _step("iter-000001--run-train-0000", "Succeeded"),
+             _step("iter-000001--run-train-0001", "Running")]
+    assert step_events(steps, seen) == [
+        "[iteration 0] run-fp-000000 succeeded (1 done); frames relabeled so far: 10",
+        "[iteration 1] run-train-0000 succeeded (1 done); frames relabeled so far: 10"]
+    assert step_events(steps, seen) == []  # nothing new
+    steps[2] = _step("iter-000001--run-train-0001", "Failed")
+    steps.append(_step("iter-000001--model-devi", "Succeeded"))
+    assert step_events(steps, seen) == [
+        "[iteration 1] model-devi succeeded; frames relabeled so far: 10",
+        "[iteration 1] run-train-0001 failed (2 done); frames relabeled so far: 10"]

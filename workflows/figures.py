@@ -1,0 +1,159 @@
+"""The run's figures (matplotlib PNGs) and `report.html`, written next to report.json.
+
+Pure functions of already downloaded data: per-iteration deviations, per-iteration counts, the
+training curves (`lcurve.out`), and the final models' predictions on the relabeled frames.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+FIGURES = ("deviation.png", "counts.png", "lcurves.png", "final_error.png")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path, title: str) -> None:
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
+
+
+def read_lcurve(path) -> dict[str, np.ndarray]:
+    """deepmd-kit's lcurve.out as columns by name (`step`, `rmse_e_trn`, `rmse_f_trn`, `lr`, ...)."""
+    lines = Path(path).read_text().splitlines()
+    header = next((ln for ln in lines if ln.startswith("#")), None)
+    data = np.loadtxt([ln for ln in lines if ln.strip() and not ln.startswith("#")], ndmin=2)
+    names = header.lstrip("#").split() if header else [f"c{i}" for i in range(data.shape[1])]
+    return {n: data[:, i] for i, n in enumerate(names[: data.shape[1]])}
+
+
+def plot_deviation(devi: dict[int, np.ndarray], trust: dict[str, float], path) -> None:
+    """Per iteration, histograms of max_devi_f and devi_e (columns 0 and 1 of each array) with the trust levels."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, col, q, unit in ((axes[0], 0, "f", "eV/A"), (axes[1], 1, "e", "eV/atom")):
+        values = [v[:, col] for v in devi.values() if len(v)]
+        pos = np.concatenate(values) if values else np.zeros(0)
+        pos = pos[pos > 0]
+        bins = np.geomspace(pos.min(), pos.max(), 40) if len(pos) and pos.max() > pos.min() else 20
+        for it, v in sorted(devi.items()):
+            if len(v):
+                ax.hist(np.clip(v[:, col], pos.min() if len(pos) else 0, None), bins=bins, histtype="step",
+                        lw=1.5, label=f"iter {it} ({len(v)} frames)")
+        for level, style in (("lo", "--"), ("hi", ":")):
+            x = trust.get(f"{q}_{level}")
+            if x is not None and x < 1e9:
+                ax.axvline(x, color="k", ls=style, label=f"{q}_trust_{level} = {x:g}")
+        if len(pos):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor-tick labels overlap on short ranges
+        ax.set_xlabel(("max force deviation" if q == "f" else "energy deviation") + f" ({unit})")
+        ax.set_ylabel("frames")
+        ax.legend(fontsize=8)
+    _save(fig, path, "Ensemble deviation on the pool, per iteration")
+
+
+def plot_counts(rows: list[dict], path) -> None:
+    plt = _plt()
+    keys = ("n_candidate", "n_accurate", "n_failed", "n_selected", "n_relabeled", "n_fp_failed")
+    its = [r["iteration"] for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(keys)
+    for k, key in enumerate(keys):
+        ax.bar(np.arange(len(its)) + (k - len(keys) / 2 + 0.5) * width, [r.get(key) or 0 for r in rows], width,
+               label=key[2:])
+    ax.plot(np.arange(len(its)), [r.get("n_pool") or 0 for r in rows], "k.-", label="pool")
+    ax.set_xticks(np.arange(len(its)), [str(i) for i in its])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("frames")
+    ax.legend(fontsize=8, ncol=2)
+    _save(fig, path, "Frames per iteration")
+
+
+def plot_lcurves(lcurves: dict[int, list[dict]], path) -> None:
+    """Training RMSE (energy, force) against the step, one line per model, one colour per iteration."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(1, len(lcurves))))
+    for (it, curves), colour in zip(sorted(lcurves.items()), colours):
+        for m, lc in enumerate(curves):
+            for ax, name in ((axes[0], "rmse_e_trn"), (axes[1], "rmse_f_trn")):
+                if name in lc and "step" in lc:
+                    ax.plot(lc["step"], lc[name], color=colour, lw=1, label=f"iter {it}" if m == 0 else None)
+    for ax, what in ((axes[0], "energy RMSE (eV/atom)"), (axes[1], "force RMSE (eV/A)")):
+        ax.set_xlabel("training step (within the iteration)")
+        ax.set_ylabel(what + ", training batch")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    _save(fig, path, "Training curves (lcurve.out), every model of every iteration")
+
+
+def final_errors(models, dataset_dir, type_map: list[str]) -> dict:
+    """The final ensemble (mean prediction) against every relabeled frame: per-frame arrays and RMSEs."""
+    import dpdata
+
+    from dflow_simplify.ops.data import find_systems
+    from dflow_simplify.ops.model_devi import load_models
+
+    e_ref, e_pred, f_ref, f_pred = [], [], [], []
+    dps = load_models(models)
+    for rel in find_systems(str(dataset_dir)):
+        s = dpdata.LabeledSystem(str(Path(dataset_dir, rel)), fmt="deepmd/npy", type_map=type_map)
+        n, natoms = len(s), s.get_natoms()
+        cells = None if s.nopbc else s["cells"].reshape(n, -1)
+        preds = [dp.eval(s["coords"].reshape(n, -1), cells, s["atom_types"]) for dp in dps]
+        e_pred.append(np.mean([p[0].reshape(n) for p in preds], axis=0) / natoms)
+        f_pred.append(np.mean([p[1].reshape(n, -1) for p in preds], axis=0).ravel())
+        e_ref.append(s["energies"] / natoms)
+        f_ref.append(s["forces"].reshape(n, -1).ravel())
+    if not e_ref:
+        return {}
+    e_ref, e_pred, f_ref, f_pred = (np.concatenate(a) for a in (e_ref, e_pred, f_ref, f_pred))
+    return {"e_ref": e_ref, "e_pred": e_pred, "f_ref": f_ref, "f_pred": f_pred,
+            "rmse_e_per_atom": float(np.sqrt(np.mean((e_pred - e_ref) ** 2))),
+            "rmse_f": float(np.sqrt(np.mean((f_pred - f_ref) ** 2))), "n_frames": int(len(e_ref))}
+
+
+def plot_final_error(err: dict, path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, q, what in ((axes[0], "e", "energy (eV/atom)"), (axes[1], "f", "force component (eV/A)")):
+        ref, pred = err[f"{q}_ref"], err[f"{q}_pred"]
+        ax.plot(ref, pred, ".", ms=3 if q == "f" else 5, alpha=0.6)
+        lims = [min(ref.min(), pred.min()), max(ref.max(), pred.max())]
+        ax.plot(lims, lims, "k-", lw=0.8)
+        rmse = err["rmse_e_per_atom"] if q == "e" else err["rmse_f"]
+        ax.set_title(f"RMSE {rmse:.4g}")
+        ax.set_xlabel(f"relabeled {what}")
+        ax.set_ylabel(f"final ensemble mean {what}")
+    _save(fig, path, f"Final models against the {err['n_frames']} relabeled frames (training set)")
+
+
+def write_html(output, report: dict, figures: list[str]) -> Path:
+    """report.html: the report's numbers and the figures, one self-contained page next to them."""
+    rows = report.get("iterations", [])
+    cols = [c for c in (rows[0] if rows else {})]
+    table = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
+    summary = {k: v for k, v in report.items() if k != "iterations"}
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>simplify report {html.escape(str(report.get('workflow_id')))}"
+            "</title><style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}</style></head><body>"
+            f"<h1>simplify: {html.escape(str(report.get('workflow_id')))}</h1><pre>{html.escape(json.dumps(summary, indent=1))}</pre>"
+            f"<table><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in cols)}</tr>{table}</table>"
+            + "".join(f"<p><img src='{html.escape(f)}' alt='{html.escape(f)}'></p>" for f in figures)
+            + "</body></html>")
+    path = Path(output, "report.html")
+    path.write_text(page)
+    return path
