@@ -178,14 +178,14 @@ def test_bad_executor_is_refused_before_anything_is_built(example, tmp_path, bad
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1500:]
 
 
-def _artifacts(manifest, name) -> list:
-    """Every declaration of and argument for the artifact `name`, in templates and steps."""
-    found = []
+def _artifacts(manifest, name) -> tuple[list, list]:
+    """The declarations of the artifact `name` (template inputs) and the arguments giving it (steps)."""
+    declared, given = [], []
     for t in manifest["spec"]["templates"]:
-        found += [a for a in t.get("inputs", {}).get("artifacts", []) if a["name"] == name]
+        declared += [a for a in t.get("inputs", {}).get("artifacts", []) if a["name"] == name]
         for s in (s for g in t.get("steps", []) for s in g):
-            found += [a for a in s.get("arguments", {}).get("artifacts", []) if a["name"] == name]
-    return found
+            given += [a for a in s.get("arguments", {}).get("artifacts", []) if a["name"] == name]
+    return declared, given
 
 
 def test_pick_data_on_a_volume_is_read_in_place_never_an_artifact(example, tmp_path):
@@ -195,9 +195,10 @@ def test_pick_data_on_a_volume_is_read_in_place_never_an_artifact(example, tmp_p
     proc, manifest = _render_with(example, tmp_path, {}, pick_data_volume=volume)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not list(jsonschema.Draft202012Validator(strict_schema()).iter_errors(manifest))
-    # declared optional by the OPs, never given: no S3 key, nothing to download
-    assert _artifacts(manifest, "pick_data") and all(a["optional"] and "s3" not in a for a in _artifacts(manifest, "pick_data"))
-    assert any("s3" in a for a in _artifacts(manifest, "state"))  # while the other inputs still are artifacts
+    # declared optional by the two OPs, never given by any step: nothing to download
+    declared, given = _artifacts(manifest, "pick_data")
+    assert len(declared) == 2 and all(a["optional"] and "s3" not in a for a in declared) and given == []
+    assert any("s3" in a for a in _artifacts(manifest, "state")[1])  # the other inputs still are artifacts
     readers = [t for t in manifest["spec"]["templates"] if t["name"].startswith(("modeldevi", "selectconfs"))
                and not t["name"].endswith("init-artifact")]
     assert {t["name"].split("-")[0] for t in readers} == {"modeldevi", "selectconfs"}

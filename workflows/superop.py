@@ -72,10 +72,10 @@ class SimplifyIteration(Steps):
         super().__init__(name)
         for p in LOOP_PARAMETERS:
             self.inputs.parameters[p] = InputParameter()
-        for a in ("state", "init_models"):
+        # pick_data: not an artifact at all when the OPs read it in place from a volume (pick_data_paths)
+        for a in ("state", "init_models") + (() if settings.pick_volume else ("pick_data",)):
             self.inputs.artifacts[a] = InputArtifact()
-        # pick_data: absent when the OPs read it in place from a volume (pick_data_paths)
-        for a in ("pick_data", "iter_data", "new_data", "fp_failures", "init_data", "fp_files"):
+        for a in ("iter_data", "new_data", "fp_failures", "init_data", "fp_files"):
             self.inputs.artifacts[a] = InputArtifact(optional=True)
         for a in ("models", "checkpoints", "dataset"):
             self.outputs.artifacts[a] = OutputArtifact()
@@ -83,6 +83,7 @@ class SimplifyIteration(Steps):
 
     def _build(self, settings: StageSettings) -> None:
         par, art = self.inputs.parameters, self.inputs.artifacts
+        pick_data = art["pick_data"] if "pick_data" in art else None
         key = str(par["iter_name"])
         prep = Step(
             "prep-train",
@@ -116,13 +117,13 @@ class SimplifyIteration(Steps):
             template=PythonOPTemplate(ModelDevi, **settings.template("model_devi")),
             parameters={"type_map": par["type_map"], "batch_size": par["model_devi_batch_size"],
                         "pick_data_paths": par["pick_data_paths"]},
-            artifacts={"models": train.outputs.artifacts["model"], "pick_data": art["pick_data"],
-                       "state": prep.outputs.artifacts["state"]},
+            artifacts={"models": train.outputs.artifacts["model"], "state": prep.outputs.artifacts["state"],
+                       **({"pick_data": pick_data} if pick_data is not None else {})},
             key=f"{key}--model-devi",
         )
         self.add(devi)
         select = select_step("select-confs", key, prep.outputs.artifacts["state"], devi.outputs.artifacts["model_devi"],
-                             art["pick_data"], par["pick_data_paths"], par["select_params"], par["iter_index"], settings)
+                             pick_data, par["pick_data_paths"], par["select_params"], par["iter_index"], settings)
         self.add(select)
         fp = fp_step("run-fp", key, select, art["fp_files"], par["type_map"], par["fp_style"],
                      par["fp_params"], par["skip_bad_box"], settings)
@@ -135,7 +136,7 @@ class SimplifyIteration(Steps):
             "next-iteration",
             template=self,
             parameters=next_parameters,
-            artifacts={"pick_data": art["pick_data"], "state": select.outputs.artifacts["state"],
+            artifacts={**({"pick_data": pick_data} if pick_data is not None else {}), "state": select.outputs.artifacts["state"],
                        "init_models": train.outputs.artifacts["checkpoint"], "iter_data": prep.outputs.artifacts["iter_data"],
                        "new_data": fp.outputs.artifacts["labeled_data"], "fp_failures": fp.outputs.artifacts["failures"],
                        "init_data": art["init_data"], "fp_files": art["fp_files"]},
