@@ -151,6 +151,8 @@ def one_shot_config(cfg: dict, n_pick: int, rounds: int) -> dict:
 
 def run_dpgen(cfg: dict, case: dict, new_pick: Path, out: Path, seed: int, dpgen_python: str) -> dict:
     """DP-GEN's own simplify, labeled mode, on the pick_data relabeled at the new level."""
+    import dpdata
+
     if not (out / "bench.json").exists():
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
@@ -188,8 +190,6 @@ def run_dpgen(cfg: dict, case: dict, new_pick: Path, out: Path, seed: int, dpgen
     last_iter = sorted({Path(p).parents[1] for p in trained})[-1] if trained else None
     models = sorted(Path(last_iter, "00.train").glob("graph.00[0-9].pb")) if last_iter else []
     n_relabeled = 0
-    import dpdata
-
     for picked in glob.glob(str(out / "iter.*" / "01.model_devi" / "data.picked")):
         n_relabeled += dpdata.MultiSystems().from_deepmd_npy(picked, labeled=False).get_nframes() \
             if any(Path(picked).iterdir()) else 0

@@ -42,9 +42,11 @@ def stage_artifact(paths: list[Path], dest: Path) -> None:
 
 
 def argo_script(template, parameters: dict) -> str:
-    """dflow's script with the parameter placeholders filled as Argo fills them (JSON for non-strings)."""
+    """dflow's script with the parameter placeholders filled as Argo fills them (JSON for non-strings); a
+    parameter not given takes the template's default, as in Argo."""
     script = template.script
-    for name, value in parameters.items():
+    defaults = {n: p.value for n, p in template.inputs.parameters.items() if getattr(p, "value", None) is not None}
+    for name, value in {**defaults, **parameters}.items():
         text = value if isinstance(value, str) else json.dumps(value)
         script = script.replace("{{inputs.parameters.%s}}" % name, text)
     script = script.replace("{{workflow.name}}", "smoke-test")
