@@ -35,10 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dflow_simplify.ops.run_train import SINGLE_THREAD
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "DP_INTRA_OP_PARALLELISM_THREADS": "1", "DP_INTER_OP_PARALLELISM_THREADS": "1"}
 
 
 # ---- cases: pick_data, held-out frames, original models, config ---------------------------------------------

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from dflow_simplify.ops.run_train import SINGLE_THREAD
+
 DATA = Path(__file__).resolve().parent / "data" / "mapbi3"
 TYPE_MAP = ["I", "Pb", "C", "N", "H"]
 DESCRIPTOR = {"type": "se_e2_a", "sel": [20, 8, 8, 8, 48], "rcut_smth": 2.0, "rcut": 6.0, "neuron": [8, 16, 32],
               "axis_neuron": 4, "resnet_dt": False, "type_one_side": True}
 LOSS = {"start_pref_e": 0.02, "limit_pref_e": 2, "start_pref_f": 1000, "limit_pref_f": 2, "start_pref_v": 0.0,
         "limit_pref_v": 0.0}
-SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "DP_INTRA_OP_PARALLELISM_THREADS": "1", "DP_INTER_OP_PARALLELISM_THREADS": "1"}
 
 
 def split(dst: Path) -> tuple[Path, Path]:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dflow_simplify.ops.select_confs import iter_index_of
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ag-au-emt-d3"
 
@@ -65,16 +67,21 @@ def config(pick: Path, volume: bool) -> dict:
     return cfg
 
 
-def _tree_bytes(path: Path, index: bool | None = None) -> int:
-    """Bytes of the files below `path`; index=True: only the index files (the loop state, deviations: .json,
-    .npz), index=False: all others (models, checkpoints, frames)."""
-    if not path.exists():
-        return 0
-    # debug mode links step inputs to other steps' folders: follow the links
-    files = [Path(d, f) for d, _, names in os.walk(path, followlinks=True) for f in names if ".dflow" not in Path(d).parts]
-    if index is not None:
-        files = [f for f in files if (f.suffix in (".json", ".npz")) == index]
-    return sum(f.stat().st_size for f in files)
+def artifact_bytes(step: Path) -> dict[str, int]:
+    """Bytes of a step's input and output artifacts: pick_data (inputs), index files (the loop state and the
+    deviations: .json, .npz) and the rest (models, checkpoints, frames). Debug mode links step inputs to other
+    steps' folders: the links are followed."""
+    out = {"pick_data": 0, "index": 0, "other": 0}
+    for top in (step / "inputs" / "artifacts", step / "outputs" / "artifacts"):
+        for d, _, names in os.walk(top, followlinks=True):
+            rel = Path(d).relative_to(top).parts
+            if ".dflow" in rel:
+                continue
+            for f in names:
+                kind = ("pick_data" if top.parent.name == "inputs" and rel[:1] == ("pick_data",)
+                        else "index" if Path(f).suffix in (".json", ".npz") else "other")
+                out[kind] += Path(d, f).stat().st_size
+    return out
 
 
 def step_records(wf_dir: Path) -> list[dict]:
@@ -83,20 +90,15 @@ def step_records(wf_dir: Path) -> list[dict]:
     for step in sorted(p for p in wf_dir.glob("iter-*") if (p / "type").exists() and (p / "type").read_text().strip() == "Pod"):
         if not (step / "script").exists():
             continue
-        arts = step / "inputs" / "artifacts"
-        pick = _tree_bytes(arts / "pick_data")
-        index = _tree_bytes(arts, True) - _tree_bytes(arts / "pick_data", True)
-        outs = step / "outputs" / "artifacts"
         out.append({"key": step.name, "start": (step / "script").stat().st_mtime, "end": (step / "phase").stat().st_mtime,
-                    "pick_data": pick, "index": index + _tree_bytes(outs, True),
-                    "other": _tree_bytes(arts) - pick - index + _tree_bytes(outs, False)})
+                    **artifact_bytes(step)})
     return out
 
 
 def per_iteration(records: list[dict]) -> list[dict]:
     by_iter = defaultdict(list)
     for r in records:
-        by_iter[int(r["key"].split("--")[0].split("-")[1])].append(r)
+        by_iter[iter_index_of(r["key"])].append(r)
     its = sorted(by_iter)
     rows = []
     for k, it in enumerate(its):

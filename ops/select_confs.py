@@ -171,3 +171,8 @@ def split_groups(picked: dict[str, list[int]], group_size: int) -> list[dict[str
 def iter_name(index: int) -> str:
     return "iter-%06d" % index
 
+
+def iter_index_of(step_key: str) -> int:
+    """The iteration of a step key such as `iter-000002--run-train-0001` (the inverse of iter_name)."""
+    return int(step_key.split("--", 1)[0].split("-")[1])
+

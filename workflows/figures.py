@@ -41,7 +41,8 @@ def read_lcurve(path) -> dict[str, np.ndarray]:
 
 
 def plot_deviation(devi: dict[int, np.ndarray], trust: dict[str, float], path) -> None:
-    """Per iteration, histograms of max_devi_f and devi_e (columns 0 and 1 of each array) with the trust levels."""
+    """Per iteration, histograms of max_devi_f and devi_e (columns 0 and 1 of each array) with the trust levels
+    (`trust`: f_trust_lo, f_trust_hi, e_trust_lo, e_trust_hi, as SelectConfs gets them)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, col, q, unit in ((axes[0], 0, "f", "eV/A"), (axes[1], 1, "e", "eV/atom")):
@@ -54,7 +55,7 @@ def plot_deviation(devi: dict[int, np.ndarray], trust: dict[str, float], path) -
                 ax.hist(np.clip(v[:, col], pos.min() if len(pos) else 0, None), bins=bins, histtype="step",
                         lw=1.5, label=f"iter {it} ({len(v)} frames)")
         for level, style in (("lo", "--"), ("hi", ":")):
-            x = trust.get(f"{q}_{level}")
+            x = trust.get(f"{q}_trust_{level}")
             if x is not None and x < 1e9:
                 ax.axvline(x, color="k", ls=style, label=f"{q}_trust_{level} = {x:g}")
         if len(pos):

@@ -14,6 +14,7 @@ import dpdata
 from dflow import download_artifact
 
 from dflow_simplify.ops.data import find_systems
+from dflow_simplify.ops.select_confs import iter_index_of
 
 ITER_COLUMNS = ("iteration", "n_pool", "n_candidate", "n_accurate", "n_failed", "n_selected", "n_relabeled", "n_fp_failed",
                 "n_bad_box")
@@ -21,9 +22,7 @@ ITER_COLUMNS = ("iteration", "n_pool", "n_candidate", "n_accurate", "n_failed", 
 
 def _download_json(artifact) -> object:
     with tempfile.TemporaryDirectory() as tmp:
-        download_artifact(artifact, path=tmp)
-        files = [f for f in Path(tmp).rglob("*.json") if ".dflow" not in f.parts]
-        return json.loads(files[0].read_text())
+        return json.loads(_download_files(artifact, Path(tmp), "json", "*.json")[0].read_text())
 
 
 def _sliced_int(value) -> int:
@@ -59,10 +58,6 @@ def iteration_rows(steps) -> list[dict]:
     return rows
 
 
-def _iteration_of(key: str) -> int:
-    return int(key.split("--", 1)[0].split("-")[1])
-
-
 def _download_files(artifact, tmp: Path, name: str, pattern: str) -> list[Path]:
     download_artifact(artifact, path=tmp / name)
     return sorted(f for f in (tmp / name).rglob(pattern) if ".dflow" not in f.parts)
@@ -72,7 +67,7 @@ def figure_inputs(steps, tmp: Path) -> tuple[dict, dict]:
     """Per iteration: the deviations ModelDevi computed ((n, 2) max_devi_f, devi_e) and every model's lcurve."""
     import numpy as np
 
-    from dflow_simplify.ops.model_devi import COLUMNS
+    from dflow_simplify.ops.model_devi import read_model_devi
 
     from .figures import read_lcurve
 
@@ -82,27 +77,24 @@ def figure_inputs(steps, tmp: Path) -> tuple[dict, dict]:
             continue
         if key.endswith("--model-devi"):
             for f in _download_files(step.outputs.artifacts["model_devi"], tmp, key, "*.npz"):
-                z = np.load(f)
-                devi[_iteration_of(key)] = z["values"][:, [COLUMNS.index("max_devi_f"), COLUMNS.index("devi_e")]]
+                devi[iter_index_of(key)] = np.array(list(read_model_devi(f).values())).reshape(-1, 2)
         elif re.search(r"--run-train-\d+$", key):
             # a slice's artifact may show its siblings' files too (debug mode): one curve per distinct file
             for f in _download_files(step.outputs.artifacts["lcurve"], tmp, key, "lcurve.out"):
-                lcurves.setdefault(_iteration_of(key), {})[hashlib.sha256(f.read_bytes()).hexdigest()] = read_lcurve(f)
+                lcurves.setdefault(iter_index_of(key), {})[hashlib.sha256(f.read_bytes()).hexdigest()] = read_lcurve(f)
     return devi, {it: list(curves.values()) for it, curves in lcurves.items()}
 
 
 def write_figures(steps, cfg, output: Path, report: dict) -> list[str]:
     """The PNGs and report.html next to report.json; adds the final models' RMSE on the relabeled frames."""
     from . import figures
+    from .build import select_parameters
 
-    j = cfg.jdata
-    trust = {"f_lo": j["model_devi_f_trust_lo"], "f_hi": j["model_devi_f_trust_hi"],
-             "e_lo": j["model_devi_e_trust_lo"], "e_hi": j["model_devi_e_trust_hi"]}
     written = []
     with tempfile.TemporaryDirectory() as tmp:
         devi, lcurves = figure_inputs(steps, Path(tmp))
     if devi:
-        figures.plot_deviation(devi, trust, output / "deviation.png")
+        figures.plot_deviation(devi, select_parameters(cfg), output / "deviation.png")
         written.append("deviation.png")
     if report["iterations"]:
         figures.plot_counts(report["iterations"], output / "counts.png")
@@ -111,7 +103,7 @@ def write_figures(steps, cfg, output: Path, report: dict) -> list[str]:
         figures.plot_lcurves(lcurves, output / "lcurves.png")
         written.append("lcurves.png")
     models = sorted(Path(output, "models").glob("graph.*"))
-    err = figures.final_errors(models, output / "dataset", j["type_map"]) if models else {}
+    err = figures.final_errors(models, output / "dataset", cfg.jdata["type_map"]) if models else {}
     if err:
         figures.plot_final_error(err, output / "final_error.png")
         written.append("final_error.png")
@@ -157,7 +149,7 @@ def step_events(steps, seen: set) -> list[str]:
         kind = re.sub(r"-\d+$", "", stage)
         done = sum(1 for k in keyed if k.startswith(prefix + "--" + kind) and k in seen)
         count = f" ({done} done)" if kind != stage else ""
-        lines.append(f"[iteration {_iteration_of(key)}] {stage} {keyed[key].phase.lower()}{count}; "
+        lines.append(f"[iteration {iter_index_of(key)}] {stage} {keyed[key].phase.lower()}{count}; "
                      f"frames relabeled so far: {relabeled}")
     return lines
 
