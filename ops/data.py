@@ -109,6 +109,7 @@ class LoopState:
     fp_retry: dict[str, list[int]] = field(default_factory=dict)  # labeling failed once: back in the pool
     fp_failed: dict[str, list[int]] = field(default_factory=dict)  # labeling failed twice: retired, recorded
     skipped: dict[str, list[int]] = field(default_factory=dict)  # fp_skip_bad_box: never labeled, recorded
+    probe: dict[str, list[int]] = field(default_factory=dict)  # picked as the probe: held out of the next training
 
     @classmethod
     def initial(cls, systems: dict[str, int]) -> "LoopState":
@@ -165,6 +166,7 @@ def return_failed_frames(state: LoopState, failures: list[dict]) -> LoopState:
         fp_retry=group_ids(sorted((retry_before - again) | first)),
         fp_failed=group_ids(flatten(state.fp_failed) + sorted(again)),
         skipped=group_ids(flatten(state.skipped) + sorted(bad_box)),
+        probe=group_ids([p for p in flatten(state.probe) if p not in failed | bad_box]),
     )
 
 

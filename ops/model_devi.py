@@ -1,22 +1,33 @@
-"""ModelDevi: the ensemble's deviation on the frames still in the pool.
+"""ModelDevi: the ensemble on the frames still in the pool, in one pass with the models loaded once.
 
-Definitions are deepmd-kit's own (`deepmd.infer.model_devi.calc_model_devi`): max over atoms of the
-norm of the per-component standard deviation of forces across models, and the standard deviation of
-the energy per atom. Each model is loaded once; frames are evaluated per system in batches.
+Per pool frame, deepmd-kit's own definitions (`deepmd.infer.model_devi`): max over atoms of the norm of the
+per-component standard deviation of forces across models, the standard deviation of the energy per atom,
+and so on (COLUMNS). In labeled mode with DP-GEN's `true_error_*` levels, the same pass also gives the
+models' error against pick_data's labels, defined as `dp model-devi --real_error` (DP-GEN's true error):
+the same columns with the deviation from the mean replaced by the RMS over models of the error.
+
+Two extras, from the same loaded models:
+- the descriptor features the `diverse` style needs, for the candidates only (per frame and element the
+  mean of the first model's descriptor over its atoms, reduced to FEATURE_DIM principal components);
+- the error of the ensemble's mean prediction on the probe frames (relabeled, held out of training):
+  the measured new-level error the stopping rule reads.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List
 
 import numpy as np
 from dflow.python import OP, OPIO, Artifact, OPIOSign, Parameter
 
-from .data import LoopState, iter_frames, pick_data_roots
+from .data import LoopState, find_systems, iter_frames, pick_data_roots
+from .selection import CANDIDATE, classify, trust_from_params
 
 COLUMNS = ("max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f", "avg_devi_f", "devi_e")
+FEATURE_DIM = 16  # principal components of the descriptor features handed to SelectConfs
 
 
 def load_models(model_paths):
@@ -25,7 +36,7 @@ def load_models(model_paths):
     return [DeepPot(str(m)) for m in model_paths]
 
 
-def _model_types(models, type_map: list[str]) -> np.ndarray:
+def model_types(models, type_map: list[str]) -> np.ndarray:
     """Index map from our type_map to the models' (they must agree with each other)."""
     tmaps = {tuple(m.get_type_map()) for m in models}
     if len(tmaps) != 1:
@@ -37,53 +48,168 @@ def _model_types(models, type_map: list[str]) -> np.ndarray:
     return np.array([tm.index(t) for t in type_map])
 
 
-def compute_model_devi(models, roots, ids: dict[str, list[int]], type_map, batch_size: int = 256):
-    """Per system: frame ids and an (n, 7) array of deepmd-kit's deviation columns (COLUMNS)."""
-    from deepmd.infer.model_devi import calc_model_devi
+def deviation_columns(es, fs, vs, natoms: int, real=None) -> np.ndarray:
+    """(n, 7) COLUMNS from every model's energies (m, n), forces (m, n, natoms, 3), virials (m, n, 9);
+    with `real` = (energies, forces, virials) of the labels: deepmd-kit's RMS real error instead."""
+    from deepmd.infer.model_devi import calc_model_devi_e, calc_model_devi_f, calc_model_devi_v
 
-    out: dict[str, tuple[list[int], np.ndarray]] = {}
-    if not any(ids.values()):
+    real_e, real_f, real_v = real if real is not None else (None, None, None)
+    f = calc_model_devi_f(fs, real_f)[:3]
+    e = np.ravel(calc_model_devi_e(es[..., None], None if real_e is None else np.reshape(real_e, (-1, 1))))
+    if real is not None and real_v is None:  # labels without virials: no virial error
+        v = [np.full(len(e), np.nan)] * 3
+    else:
+        v = calc_model_devi_v(vs, real_v)
+    return np.column_stack([v[0] / natoms, v[1] / natoms, v[2] / natoms, f[0], f[1], f[2], e / natoms])
+
+
+@dataclass
+class Deviations:
+    """What ModelDevi hands to SelectConfs: per pool frame the deviation (and true error) columns, and
+    descriptor features of the candidates."""
+
+    keys: list[tuple[str, int]]
+    values: np.ndarray  # (n, 7) COLUMNS
+    true_error: np.ndarray | None = None  # (n, 7) COLUMNS as real error, or None
+    features: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+
+    def quantities(self) -> dict[str, np.ndarray]:
+        """The classification quantities of selection.QUANTITIES, by frame order."""
+        f, e = COLUMNS.index("max_devi_f"), COLUMNS.index("devi_e")
+        out = {"f": self.values[:, f], "e": self.values[:, e]}
+        if self.true_error is not None:
+            out.update(f_err=self.true_error[:, f], e_err=self.true_error[:, e])
         return out
-    type_index = _model_types(models, type_map)
-    for key, frame_ids, system in iter_frames(roots, ids, type_map, labeled=False):
+
+    def as_dict(self) -> dict[tuple[str, int], dict[str, float]]:
+        q = self.quantities()
+        return {k: {name: float(v[i]) for name, v in q.items()} for i, k in enumerate(self.keys)}
+
+
+def _batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield slice(start, start + batch_size)
+
+
+def compute_model_devi(models, roots, ids: dict[str, list[int]], type_map, batch_size: int = 256,
+                       true_error: bool = False) -> Deviations:
+    """The deviation columns (and, with `true_error`, the real-error columns against pick_data's labels) of
+    every frame in `ids`, each model evaluated once per batch."""
+    keys, rows, err_rows = [], [], []
+    if not any(ids.values()):
+        return Deviations([], np.zeros((0, len(COLUMNS))), np.zeros((0, len(COLUMNS))) if true_error else None)
+    type_index = model_types(models, type_map)
+    for key, frame_ids, system in iter_frames(roots, ids, type_map, labeled=true_error):
+        n, natoms = len(frame_ids), system.get_natoms()
         atype = type_index[system["atom_types"]]
-        coords = system["coords"].reshape(len(frame_ids), -1)
-        cells = None if system.nopbc else system["cells"].reshape(len(frame_ids), -1)
-        rows = []
-        for start in range(0, len(frame_ids), batch_size):
-            sl = slice(start, start + batch_size)
-            devi = calc_model_devi(coords[sl], None if cells is None else cells[sl], atype, models)
-            rows.append(devi[:, 1:])
-        out[key] = (frame_ids, np.concatenate(rows))
-    return out
+        coords = system["coords"].reshape(n, -1)
+        cells = None if system.nopbc else system["cells"].reshape(n, -1)
+        for sl in _batches(n, batch_size):
+            outs = [m.eval(coords[sl], None if cells is None else cells[sl], atype) for m in models]
+            m_ = len(models)
+            es = np.array([o[0] for o in outs]).reshape(m_, -1)
+            fs = np.array([o[1] for o in outs]).reshape(m_, -1, natoms, 3)
+            vs = np.array([o[2] for o in outs]).reshape(m_, -1, 9)
+            rows.append(deviation_columns(es, fs, vs, natoms))
+            if true_error:
+                real_v = system["virials"][sl].reshape(-1, 9) if "virials" in system.data else None
+                real = (system["energies"][sl], system["forces"][sl], real_v)
+                err_rows.append(deviation_columns(es, fs, vs, natoms, real))
+        keys += [(key, int(i)) for i in frame_ids]
+    return Deviations(keys, np.concatenate(rows), np.concatenate(err_rows) if true_error else None)
 
 
-def write_model_devi(path, devi: dict[str, tuple[list[int], np.ndarray]]) -> None:
-    """One row per pool frame, float32 (the precision of `dp model-devi`'s text output DP-GEN reads): this
-    file goes from ModelDevi to SelectConfs every iteration, so it is kept lean."""
-    keys = sorted(devi)
-    arrays = {"columns": np.array(COLUMNS)}
-    arrays["system"] = (np.concatenate([np.full(len(devi[k][0]), i, np.int32) for i, k in enumerate(keys)])
-                        if keys else np.zeros(0, np.int32))
-    arrays["frame"] = np.concatenate([np.asarray(devi[k][0], np.int32) for k in keys]) if keys else np.zeros(0, np.int32)
-    arrays["values"] = (np.concatenate([devi[k][1] for k in keys]).astype(np.float32) if keys
-                        else np.zeros((0, len(COLUMNS)), np.float32))
-    arrays["systems"] = np.array(keys if keys else [""])
+def descriptor_features(model, roots, ids: dict[str, list[int]], type_map, batch_size: int = 256,
+                        dim: int = FEATURE_DIM) -> dict[tuple[str, int], np.ndarray]:
+    """Per frame of `ids`: for each element of type_map the mean of the model's descriptor over the frame's
+    atoms of that element (zeros where it has none), concatenated, then projected on the first `dim`
+    principal components over these frames (float32): compact, and distances stay meaningful."""
+    if not any(ids.values()):
+        return {}
+    type_index = model_types([model], type_map)
+    keys, rows = [], []
+    for key, frame_ids, system in iter_frames(roots, ids, type_map, labeled=False):
+        n = len(frame_ids)
+        types = system["atom_types"]
+        coords = system["coords"].reshape(n, -1)
+        cells = None if system.nopbc else system["cells"].reshape(n, -1)
+        for sl in _batches(n, batch_size):
+            d = np.asarray(model.eval_descriptor(coords[sl], None if cells is None else cells[sl], type_index[types]))
+            d = d.reshape(d.shape[0], len(types), -1)
+            per_type = [d[:, types == t].mean(axis=1) if np.any(types == t) else np.zeros((d.shape[0], d.shape[2]))
+                        for t in range(len(type_map))]
+            rows.append(np.concatenate(per_type, axis=1))
+        keys += [(key, int(i)) for i in frame_ids]
+    x = np.concatenate(rows)
+    x = x - x.mean(axis=0)
+    if len(x) > 1:
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        x = x @ vt[:dim].T
+    return {k: x[i].astype(np.float32) for i, k in enumerate(keys)}
+
+
+def ensemble_errors(models, dataset_dir, type_map: list[str]) -> dict:
+    """The ensemble's mean prediction against every labeled frame under `dataset_dir`: per-frame arrays
+    and RMSEs (energy per atom, force components); {} when there is no frame."""
+    import dpdata
+
+    e_ref, e_pred, f_ref, f_pred = [], [], [], []
+    type_index = model_types(models, type_map) if models else None
+    for rel in find_systems(str(dataset_dir)):
+        s = dpdata.LabeledSystem(str(Path(dataset_dir, rel)), fmt="deepmd/npy", type_map=type_map)
+        n, natoms = len(s), s.get_natoms()
+        cells = None if s.nopbc else s["cells"].reshape(n, -1)
+        preds = [m.eval(s["coords"].reshape(n, -1), cells, type_index[s["atom_types"]]) for m in models]
+        e_pred.append(np.mean([p[0].reshape(n) for p in preds], axis=0) / natoms)
+        f_pred.append(np.mean([p[1].reshape(n, -1) for p in preds], axis=0).ravel())
+        e_ref.append(s["energies"] / natoms)
+        f_ref.append(s["forces"].reshape(n, -1).ravel())
+    if not e_ref:
+        return {}
+    e_ref, e_pred, f_ref, f_pred = (np.concatenate(a) for a in (e_ref, e_pred, f_ref, f_pred))
+    return {"e_ref": e_ref, "e_pred": e_pred, "f_ref": f_ref, "f_pred": f_pred,
+            "rmse_e_per_atom": float(np.sqrt(np.mean((e_pred - e_ref) ** 2))),
+            "rmse_f": float(np.sqrt(np.mean((f_pred - f_ref) ** 2))), "n_frames": int(len(e_ref))}
+
+
+def write_model_devi(path, devi: Deviations) -> None:
+    """float32 rows (the precision of `dp model-devi`'s text output DP-GEN reads): this file goes from
+    ModelDevi to SelectConfs every iteration, so it is kept lean; features only for the candidates."""
+    systems = sorted({k for k, _ in devi.keys})
+    index = {s: i for i, s in enumerate(systems)}
+    arrays = {
+        "columns": np.array(COLUMNS),
+        "systems": np.array(systems if systems else [""]),
+        "system": np.array([index[k] for k, _ in devi.keys], np.int32),
+        "frame": np.array([f for _, f in devi.keys], np.int32),
+        "values": np.asarray(devi.values, np.float32).reshape(-1, len(COLUMNS)),
+    }
+    if devi.true_error is not None:
+        arrays["true_error"] = np.asarray(devi.true_error, np.float32).reshape(-1, len(COLUMNS))
+    if devi.features:
+        fkeys = sorted(devi.features)
+        arrays["feature_system"] = np.array([index[k] for k, _ in fkeys], np.int32)
+        arrays["feature_frame"] = np.array([f for _, f in fkeys], np.int32)
+        arrays["features"] = np.array([devi.features[k] for k in fkeys], np.float32)
     np.savez(path, **arrays)
 
 
-def read_model_devi(path) -> dict[tuple[str, int], tuple[float, float]]:
-    """(system, frame) -> (max_devi_f, devi_e)."""
+def read_model_devi(path) -> Deviations:
     z = np.load(path)
     cols = list(z["columns"])
-    f_col, e_col = cols.index("max_devi_f"), cols.index("devi_e")
-    systems = list(z["systems"])
-    return {(systems[s], int(fr)): (float(v[f_col]), float(v[e_col]))
-            for s, fr, v in zip(z["system"], z["frame"], z["values"])}
+    if cols != list(COLUMNS):
+        raise ValueError(f"{path}: unexpected columns {cols}")
+    systems = [str(s) for s in z["systems"]]
+    keys = [(systems[s], int(f)) for s, f in zip(z["system"], z["frame"])]
+    features = {}
+    if "features" in z:
+        features = {(systems[s], int(f)): v for s, f, v in zip(z["feature_system"], z["feature_frame"], z["features"])}
+    return Deviations(keys, z["values"].astype(float), z["true_error"].astype(float) if "true_error" in z else None,
+                      features)
 
 
 class ModelDevi(OP):
-    """Evaluate the trained ensemble on every frame still in the pool."""
+    """Evaluate the trained ensemble on every frame still in the pool (and on the held-out probe)."""
 
     @classmethod
     def get_input_sign(cls):
@@ -92,8 +218,10 @@ class ModelDevi(OP):
             "pick_data": Artifact(List[Path], optional=True),
             "pick_data_paths": Parameter(List[str], default=[]),
             "state": Artifact(Path),
+            "probe_data": Artifact(Path, optional=True),
             "type_map": List[str],
             "batch_size": int,
+            "select_params": Parameter(dict, default={}),
         })
 
     @classmethod
@@ -102,14 +230,36 @@ class ModelDevi(OP):
 
     @OP.exec_sign_check
     def execute(self, ip: OPIO) -> OPIO:
+        p = ip["select_params"]
         state = LoopState.load(ip["state"])
-        models = load_models(sorted(ip["models"], key=lambda p: Path(p).name))
+        models = load_models(sorted(ip["models"], key=lambda m: Path(m).name))
         roots = pick_data_roots(ip["pick_data"], ip["pick_data_paths"])
-        devi = compute_model_devi(models, roots, state.pool, ip["type_map"], ip["batch_size"])
+        trust = trust_from_params(p) if p else None
+        devi = compute_model_devi(models, roots, state.pool, ip["type_map"], ip["batch_size"],
+                                  true_error=bool(trust and trust.uses_true_error))
+        if p.get("select_style") == "diverse" and devi.keys:
+            labels = classify(devi.quantities(), trust)
+            cands = [k for k, lab in zip(devi.keys, labels) if lab == CANDIDATE]
+            ids: dict[str, list[int]] = {}
+            for k, f in cands:
+                ids.setdefault(k, []).append(f)
+            devi.features = descriptor_features(models[0], roots, ids, ip["type_map"], ip["batch_size"])
         write_model_devi("model_devi.npz", devi)
-        vals = np.concatenate([v for _, v in devi.values()]) if devi else np.zeros((0, len(COLUMNS)))
-        summary = {c: {"min": float(vals[:, j].min()), "median": float(np.median(vals[:, j])), "max": float(vals[:, j].max())}
-                   for j, c in enumerate(COLUMNS) if len(vals)}
-        summary["n_frames"] = int(len(vals))
+        summary = {c: {"min": float(devi.values[:, j].min()), "median": float(np.median(devi.values[:, j])),
+                       "max": float(devi.values[:, j].max())} for j, c in enumerate(COLUMNS) if len(devi.keys)}
+        summary["n_frames"] = len(devi.keys)
+        if ip["probe_data"] is not None:
+            err = ensemble_errors(models, ip["probe_data"], ip["type_map"])
+            if err:
+                summary["probe"] = {"rmse_e_per_atom": err["rmse_e_per_atom"], "rmse_f": err["rmse_f"],
+                                    "n_frames": err["n_frames"]}
         Path("model_devi_summary.json").write_text(json.dumps(summary))
         return OPIO({"model_devi": Path("model_devi.npz"), "summary": Path("model_devi_summary.json")})
+
+
+def read_probe_error(summary_path) -> dict | None:
+    """The probe's measured error from a ModelDevi summary, or None."""
+    if summary_path is None or not Path(summary_path).is_file():
+        return None
+    return json.loads(Path(summary_path).read_text()).get("probe")
+

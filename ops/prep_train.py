@@ -2,6 +2,8 @@
 
 The training set is every frame relabeled so far: the previous iteration's set plus the new
 labeled groups, gathered into one `iter_data` directory (only relabeled frames move, never pick_data).
+Frames relabeled as the probe (SelectConfs' `probe_number`) are held out: they go to `probe_data`, on which
+ModelDevi measures this iteration's models, and join the training set one iteration later.
 PrepTrain also settles the previous FP round in the loop state: frames that failed to label go back to
 the pool (once), and the round stops the run when more than `ratio_failed` of its tasks failed.
 """
@@ -16,7 +18,7 @@ from typing import List
 
 from dflow.python import OP, OPIO, Artifact, OPIOSign
 
-from .data import LoopState, find_systems, return_failed_frames
+from .data import LoopState, find_systems, flatten, return_failed_frames
 
 TASK_PATTERN = "%04d"
 
@@ -53,15 +55,33 @@ def make_train_input(template: dict, index: int, iter_index: int, options: dict)
     return jinput
 
 
-def gather_iter_data(previous: Path | None, new_groups: list[Path], out: Path, iter_index: int) -> int:
-    """Copy the previous training set and this round's labeled groups into `out`; number of systems."""
+def group_frames(group: Path) -> set[tuple[str, int]]:
+    """The pick_data frames (system, frame) of one labeled group (RunFP's frame_ids.json files)."""
+    return {(k, int(i)) for f in Path(group).rglob("frame_ids.json") for k, i in json.loads(f.read_text())}
+
+
+def gather_iter_data(previous: Path | None, new_groups: list[Path], out: Path, iter_index: int,
+                     probe: set[tuple[str, int]] = frozenset(), previous_probe: Path | None = None,
+                     probe_out: Path | None = None) -> int:
+    """Copy the previous training set, the previous probe (now joining training) and this round's labeled
+    groups into `out`; groups whose frames are all probe frames go to `probe_out` instead, held out of this
+    training. Returns the number of training systems."""
     out.mkdir(parents=True, exist_ok=True)
-    if previous is not None and Path(previous).is_dir():
-        shutil.copytree(previous, out, dirs_exist_ok=True)
+    if probe_out is not None:
+        probe_out.mkdir(parents=True, exist_ok=True)
+    for earlier in (previous, previous_probe):
+        if earlier is not None and Path(earlier).is_dir():
+            shutil.copytree(earlier, out, dirs_exist_ok=True)
     for group in new_groups or []:
-        if group is not None and Path(group).is_dir() and find_systems(str(group)):
-            # RunFP names a group folder after its frames: the training set does not depend on slice order
-            shutil.copytree(group, out / ("iter-%06d" % (iter_index - 1)) / Path(group).name, dirs_exist_ok=True)
+        if group is None or not Path(group).is_dir() or not find_systems(str(group)):
+            continue
+        frames = group_frames(group)
+        held_out = probe_out is not None and bool(frames) and frames <= probe
+        if frames & probe and not held_out:
+            raise ValueError(f"labeled group {Path(group).name} mixes probe and picked frames")
+        # RunFP names a group folder after its frames: the training set does not depend on slice order
+        target = probe_out if held_out else out
+        shutil.copytree(group, target / ("iter-%06d" % (iter_index - 1)) / Path(group).name, dirs_exist_ok=True)
     return len(find_systems(str(out)))
 
 
@@ -102,19 +122,23 @@ class PrepTrain(OP):
             "iter_data": Artifact(Path, optional=True),
             "new_data": Artifact(List[Path], optional=True),
             "fp_failures": Artifact(List[Path], optional=True),
+            "probe_data": Artifact(Path, optional=True),
         })
 
     @classmethod
     def get_output_sign(cls):
         return OPIOSign({"task_names": List[str], "task_paths": Artifact(List[Path]), "iter_data": Artifact(Path),
-                         "state": Artifact(Path)})
+                         "probe_data": Artifact(Path), "state": Artifact(Path)})
 
     @OP.exec_sign_check
     def execute(self, ip: OPIO) -> OPIO:
         n_labeled, failures = fp_round_outcome(ip["new_data"], ip["fp_failures"])
         check_ratio_failed(n_labeled, failures, ip["options"].get("ratio_failed"))
-        return_failed_frames(LoopState.load(ip["state"]), failures).dump("state.json")
-        n = gather_iter_data(ip["iter_data"], ip["new_data"], Path("iter_data"), ip["iter_index"])
+        state = return_failed_frames(LoopState.load(ip["state"]), failures)
+        state.dump("state.json")
+        n = gather_iter_data(ip["iter_data"], ip["new_data"], Path("iter_data"), ip["iter_index"],
+                             probe=set(flatten(state.probe)), previous_probe=ip["probe_data"],
+                             probe_out=Path("probe_data"))
         if n == 0:
             raise RuntimeError("no relabeled frame to train on: every frame of iteration 0 failed to label")
         names, paths = [], []
@@ -126,4 +150,4 @@ class PrepTrain(OP):
             names.append(TASK_PATTERN % i)
             paths.append(task)
         return OPIO({"task_names": names, "task_paths": paths, "iter_data": Path("iter_data"),
-                     "state": Path("state.json")})
+                     "probe_data": Path("probe_data"), "state": Path("state.json")})

@@ -1,19 +1,23 @@
-"""SelectConfs: DP-GEN's classification of pool frames and a seeded, capped random pick.
+"""SelectConfs: classify the pool by trust levels, pick candidates by the configured style, draw the probe,
+and decide whether the loop goes on.
 
-Rules (dpgen/simplify/simplify.py, post_model_devi):
-  failed    : max_devi_f >= f_trust_hi or devi_e >= e_trust_hi
-  candidate : f_trust_lo <= max_devi_f < f_trust_hi or e_trust_lo <= devi_e < e_trust_hi
-  accurate  : otherwise (both below their lo)
-At most `pick_number` candidates are picked at random; the rest of the candidates and the failed
-frames stay in the pool; accurate frames are retired, as in DP-GEN. Unlike DP-GEN the shuffle is
-seeded (per iteration) and "no candidate but failed frames left" ends the loop with a warning
-instead of an exception, so that the models and data made so far are delivered.
+Classification and styles: ops/selection.py (DP-GEN's rules, true error included). At most `pick_number`
+candidates are picked; the rest of the candidates and the failed frames stay in the pool; accurate frames
+are retired, as in DP-GEN. Unlike DP-GEN the pick is seeded (per iteration), and "no candidate but failed
+frames left" ends the loop with a warning instead of an exception, so that the models and data made so far
+are delivered.
+
+The stopping rule on measured error: with `probe_number` > 0, every round that relabels picks also relabels
+`probe_number` frames drawn at random from all frames not relabeled yet (pool and retired-accurate); they are
+held out of the next training and ModelDevi measures the next models on them. The loop stops when that
+measured error is at or below `conv_e_rmse` / `conv_f_rmse` (each one set), when nothing is selected, or at
+`stop_iter`, whichever comes first (`stopped_by`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import List
 
@@ -21,91 +25,104 @@ import numpy as np
 from dflow.python import OP, OPIO, Artifact, OPIOSign, Parameter
 
 from .data import LoopState, extract_frames, flatten, group_ids, pick_data_roots, write_frame_ids
-from .model_devi import read_model_devi
+from .model_devi import Deviations, read_model_devi, read_probe_error
+from .selection import ACCURATE, CANDIDATE, FAILED, TrustLevels, classify, pick, pick_cap, scores, trust_from_params
 
-FAILED, CANDIDATE, ACCURATE = "failed", "candidate", "accurate"
-
-
-@dataclass(frozen=True)
-class TrustLevels:
-    f_lo: float
-    f_hi: float
-    e_lo: float = float("inf")
-    e_hi: float = float("inf")
+CONVERGED, NOTHING_SELECTED, STOP_ITER = "converged", "no frame selected", "stop_iter"
 
 
-def classify(max_devi_f: np.ndarray, devi_e: np.ndarray, trust: TrustLevels) -> np.ndarray:
-    """One of failed / candidate / accurate per frame."""
-    f = np.asarray(max_devi_f, dtype=float)
-    e = np.asarray(devi_e, dtype=float)
-    failed = (f >= trust.f_hi) | (e >= trust.e_hi)
-    candidate = ~failed & (((f >= trust.f_lo) & (f < trust.f_hi)) | ((e >= trust.e_lo) & (e < trust.e_hi)))
-    out = np.full(f.shape, ACCURATE, dtype=object)
-    out[candidate] = CANDIDATE
-    out[failed] = FAILED
-    return out
+def converged(probe_error: dict | None, rules: dict) -> bool:
+    """The measured (probe) error meets every convergence level that is set; False without either."""
+    levels = {"rmse_e_per_atom": rules.get("conv_e_rmse"), "rmse_f": rules.get("conv_f_rmse")}
+    levels = {k: v for k, v in levels.items() if v is not None}
+    if not levels or not probe_error or not probe_error.get("n_frames"):
+        return False
+    return all(probe_error[k] <= v for k, v in levels.items())
 
 
-def pick_cap(n_candidate: int, n_accurate: int, n_total: int, rules: dict) -> int:
-    """How many candidates to label this iteration (DP-GEN's fp_task_max/min and accurate thresholds)."""
-    cap = int(rules["pick_number"])
-    if rules.get("fp_task_max") is not None:
-        cap = min(cap, int(rules["fp_task_max"]))
-    acc_ratio = n_accurate / n_total if n_total else 1.0
-    hard = rules.get("fp_accurate_threshold")
-    soft = rules.get("fp_accurate_soft_threshold")
-    if hard is not None and acc_ratio >= hard:
-        cap = 0
-    elif hard is not None and soft is not None and soft < hard and acc_ratio >= soft:
-        cap = int(cap * (hard - acc_ratio) / (hard - soft))
-    if rules.get("fp_task_min") is not None and min(cap, n_candidate) < int(rules["fp_task_min"]):
-        cap = 0
-    return min(cap, n_candidate)
+def draw_probe(state: LoopState, n: int, rng: np.random.Generator) -> list[tuple[str, int]]:
+    """n frames at random from every frame not relabeled yet (pool and retired-accurate)."""
+    unlabeled = flatten(state.pool) + flatten(state.accurate)
+    order = rng.permutation(len(unlabeled))[: max(0, int(n))]
+    return sorted(unlabeled[j] for j in order)
 
 
-def select(state: LoopState, devi: dict | None, trust: TrustLevels | None, rules: dict, seed: int):
-    """New state, picked ids and counts.
+def select(state: LoopState, devi: Deviations | None, trust: TrustLevels | None, rules: dict, seed: int,
+           probe_error: dict | None = None, last_iteration: bool = False):
+    """(new state, picked ids, probe ids, counts).
 
-    `devi` maps (system, frame) to (max_devi_f, devi_e); None in iteration 0, where every pool frame is
-    a candidate and only `pick_number` caps the pick.
+    `devi` None is iteration 0: every pool frame is a candidate, picked at random, capped by `pick_number`.
+    `last_iteration` (stop_iter reached): classify and count, but pick nothing.
     """
+    rng = np.random.default_rng(seed)
     pool = flatten(state.pool)
+    features = None
     if devi is None:
         labels = np.full(len(pool), CANDIDATE, dtype=object)
+        score = np.zeros(len(pool))
     else:
-        missing = [p for p in pool if p not in devi]
+        table = devi.as_dict()
+        missing = [p for p in pool if p not in table]
         if missing:
             raise ValueError(f"model deviation missing for {len(missing)} pool frames, e.g. {missing[0]}")
-        f = np.array([devi[p][0] for p in pool], dtype=float)
-        e = np.array([devi[p][1] for p in pool], dtype=float)
-        labels = classify(f, e, trust)
-    cand = [p for p, lab in zip(pool, labels) if lab == CANDIDATE]
-    failed = [p for p, lab in zip(pool, labels) if lab == FAILED]
-    accurate = [p for p, lab in zip(pool, labels) if lab == ACCURATE]
-    n_pick = pick_cap(len(cand), len(accurate), len(pool), rules) if devi is not None else min(
-        int(rules["pick_number"]), len(cand))
-    order = np.random.default_rng(seed).permutation(len(cand))
-    picked = [cand[j] for j in order[:n_pick]]
-    rest = [cand[j] for j in order[n_pick:]] + failed
+        values = {q: np.array([table[p][q] for p in pool]) for q in devi.quantities()}
+        labels = classify(values, trust)
+        score = scores(values, trust)
+    cand = [j for j, lab in enumerate(labels) if lab == CANDIDATE]
+    failed = [pool[j] for j, lab in enumerate(labels) if lab == FAILED]
+    accurate = [pool[j] for j, lab in enumerate(labels) if lab == ACCURATE]
+    stopped_by = None
+    if devi is None:
+        n_pick, style = min(int(rules["pick_number"]), len(cand)), "random"
+    else:
+        n_pick, style = pick_cap(len(cand), len(accurate), len(pool), rules), rules.get("select_style", "random")
+    if converged(probe_error, rules):
+        n_pick, stopped_by = 0, CONVERGED
+    elif n_pick == 0:
+        stopped_by = NOTHING_SELECTED
+    elif last_iteration:
+        n_pick, stopped_by = 0, STOP_ITER
+    if style == "diverse" and n_pick:
+        missing = [pool[j] for j in cand if pool[j] not in devi.features]
+        if missing:
+            raise ValueError(f"select_style diverse: no descriptor features for {len(missing)} candidates, "
+                             f"e.g. {missing[0]}")
+        features = np.array([devi.features[pool[j]] for j in cand])
+    order = pick(style, n_pick, score[cand], rng, features, float(rules.get("select_devi_weight") or 0.0))
+    chosen = set(int(o) for o in order)
+    picked = [pool[cand[o]] for o in order]
+    rest = [pool[cand[o]] for o in range(len(cand)) if o not in chosen] + failed
     new_state = replace(
         state,
         pool=group_ids(rest),
         picked=group_ids(flatten(state.picked) + picked),
         accurate=group_ids(flatten(state.accurate) + accurate),
+        probe={},
     )
+    probe = draw_probe(new_state, rules.get("probe_number") or 0, rng) if picked else []
+    if probe:
+        taken = set(probe)
+        new_state = replace(
+            new_state,
+            pool=group_ids([p for p in flatten(new_state.pool) if p not in taken]),
+            accurate=group_ids([p for p in flatten(new_state.accurate) if p not in taken]),
+            picked=group_ids(flatten(new_state.picked) + probe),
+            probe=group_ids(probe),
+        )
     counts = {"n_pool": len(pool), "n_candidate": len(cand), "n_accurate": len(accurate),
-              "n_failed": len(failed), "n_selected": len(picked)}
-    return new_state, group_ids(picked), counts
+              "n_failed": len(failed), "n_selected": len(picked), "n_probe": len(probe), "stopped_by": stopped_by}
+    return new_state, group_ids(picked), group_ids(probe), counts
 
 
 class SelectConfs(OP):
-    """Classify the pool by the ensemble's deviation and pick the frames to relabel."""
+    """Classify the pool by trust levels, pick the frames to relabel (and the probe), decide whether to go on."""
 
     @classmethod
     def get_input_sign(cls):
         return OPIOSign({
             "state": Artifact(Path),
             "model_devi": Artifact(Path, optional=True),
+            "devi_summary": Artifact(Path, optional=True),
             "pick_data": Artifact(List[Path], optional=True),
             "pick_data_paths": Parameter(List[str], default=[]),
             "select_params": dict,
@@ -132,14 +149,17 @@ class SelectConfs(OP):
         it = ip["iter_index"]
         state = LoopState.load(ip["state"])
         devi = read_model_devi(ip["model_devi"]) if ip["model_devi"] is not None else None
-        trust = TrustLevels(p["f_trust_lo"], p["f_trust_hi"], p["e_trust_lo"], p["e_trust_hi"])
+        probe_error = read_probe_error(ip["devi_summary"])
         rules = dict(p, pick_number=p["init_pick_number"] if devi is None else p["iter_pick_number"])
-        new_state, picked, counts = select(state, devi, trust, rules, seed=p["seed"] * 100003 + it)
+        stop_iter = p.get("stop_iter")
+        new_state, picked, probe, counts = select(
+            state, devi, trust_from_params(p), rules, seed=p["seed"] * 100003 + it, probe_error=probe_error,
+            last_iteration=stop_iter is not None and it >= stop_iter)
         new_state.dump("state.json")
         write_frame_ids("picked.json", picked)
-        stop_iter = p.get("stop_iter")
-        go_on = counts["n_selected"] > 0 and (stop_iter is None or it < stop_iter)
-        groups = split_groups(picked, p.get("group_size", 1)) if go_on else []
+        go_on = counts["n_selected"] > 0
+        # picks and probe in separate groups: PrepTrain holds the probe's groups out of the next training
+        groups = split_groups(picked, p.get("group_size", 1)) + split_groups(probe, p.get("group_size", 1))
         # each RunFP task gets its group's frames, not pick_data: per iteration only the picks move
         roots = pick_data_roots(ip["pick_data"], ip["pick_data_paths"])
         fp_inputs = []
@@ -147,7 +167,7 @@ class SelectConfs(OP):
             extract_frames(roots, ids, p["type_map"], p["keep_labels"], Path("fp_inputs", "%06d" % g))
             fp_inputs.append(Path("fp_inputs", "%06d" % g))
         report = dict(iteration=it, **counts, n_pool_left=LoopState.count(new_state.pool), go_on=go_on,
-                      fp_groups=len(groups))
+                      fp_groups=len(groups), probe_error=probe_error, select_style=rules.get("select_style", "random"))
         Path("select_report.json").write_text(json.dumps(report))
         return OPIO({
             "state": Path("state.json"),

@@ -28,4 +28,8 @@ if ! python -c "import deepmd.pt.cxx_op" >/dev/null 2>&1; then
         python -m pip install -q --no-binary deepmd-kit "deepmd-kit==3.2.0"
 fi
 python -m pip install -q -e ".[test]"
+# DP-GEN 0.14 in an environment of its own: the reference of the conformance tests and the benchmarks
+if [ ! -x .venv-dpgen/bin/dpgen ]; then
+    python3 -m venv .venv-dpgen && .venv-dpgen/bin/python -m pip install -q "dpgen==0.14.0"
+fi
 python -c "import deepmd.pt.cxx_op, deepmd.tf, dflow, dpdata, dftd3; print('set-up OK: deepmd-kit', __import__('deepmd').__version__, 'with TensorFlow and PyTorch')"

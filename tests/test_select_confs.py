@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from dflow_simplify.ops.data import LoopState
-from dflow_simplify.ops.select_confs import CANDIDATE, TrustLevels, classify, pick_cap, select, split_groups
+from dflow_simplify.ops.model_devi import COLUMNS, Deviations
+from dflow_simplify.ops.select_confs import select, split_groups
+from dflow_simplify.ops.selection import CANDIDATE, TrustLevels, classify, pick_cap
 
 TRUST = TrustLevels(f_lo=0.1, f_hi=0.3, e_lo=0.01, e_hi=0.05)
 
@@ -14,7 +16,7 @@ TRUST = TrustLevels(f_lo=0.1, f_hi=0.3, e_lo=0.01, e_hi=0.05)
 def test_classify_boundaries_follow_dpgen():
     f = np.array([0.05, 0.1, 0.29, 0.3, 0.05, 0.05, 0.05])
     e = np.array([0.001, 0.001, 0.001, 0.001, 0.01, 0.05, 0.049])
-    assert list(classify(f, e, TRUST)) == ["accurate", "candidate", "candidate", "failed", "candidate", "failed",
+    assert list(classify({"f": f, "e": e}, TRUST)) == ["accurate", "candidate", "candidate", "failed", "candidate", "failed",
                                            "candidate"]
 
 
@@ -23,15 +25,20 @@ def _state():
 
 
 def _devi(values):
-    return {(k, i): v for (k, i), v in zip([("0/a", i) for i in range(6)] + [("0/b", i) for i in range(4)], values)}
+    keys = [("0/a", i) for i in range(6)] + [("0/b", i) for i in range(4)]
+    rows = np.zeros((len(keys), len(COLUMNS)))
+    rows[:, COLUMNS.index("max_devi_f")] = [f for f, _ in values]
+    rows[:, COLUMNS.index("devi_e")] = [e for _, e in values]
+    return Deviations(keys, rows)
 
 
 def test_select_moves_picked_and_retires_accurate():
     devi = _devi([(0.2, 0), (0.05, 0), (0.5, 0), (0.15, 0), (0.12, 0), (0.01, 0),
                   (0.2, 0), (0.25, 0), (0.05, 0), (0.11, 0)])
     rules = {"pick_number": 3}
-    new, picked, counts = select(_state(), devi, TRUST, rules, seed=7)
-    assert counts == {"n_pool": 10, "n_candidate": 6, "n_accurate": 3, "n_failed": 1, "n_selected": 3}
+    new, picked, _, counts = select(_state(), devi, TRUST, rules, seed=7)
+    assert counts == {"n_pool": 10, "n_candidate": 6, "n_accurate": 3, "n_failed": 1, "n_selected": 3, "n_probe": 0,
+                      "stopped_by": None}
     assert LoopState.count(picked) == 3
     assert new.accurate == {"0/a": [1, 5], "0/b": [2]}
     pool = {(k, i) for k, v in new.pool.items() for i in v}
@@ -43,7 +50,7 @@ def test_select_moves_picked_and_retires_accurate():
 
 
 def test_iteration_zero_picks_at_random_from_everything():
-    new, picked, counts = select(_state(), None, None, {"pick_number": 4}, seed=0)
+    new, picked, _, counts = select(_state(), None, None, {"pick_number": 4}, seed=0)
     assert counts["n_selected"] == 4 and counts["n_candidate"] == 10
     assert LoopState.count(new.pool) == 6 and new.picked == picked
 

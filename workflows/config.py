@@ -21,9 +21,11 @@ from dflow_simplify.ops.fp.bad_box import parse_criteria
 from dflow_simplify.workflows.inputs import is_s3_uri
 from dflow_simplify.workflows.step_config import check_step_configs
 from dflow_simplify.ops.fp.base import ENGINES, get_engine
+from dflow_simplify.ops.selection import NO_LIMIT, STYLES
 
 NUM = [float, int]
-BIG = 1e10  # DP-GEN's "no limit" for trust levels
+BIG = NO_LIMIT  # DP-GEN's "no limit" for trust levels
+TRUE_ERROR_KEYS = ("true_error_f_trust_lo", "true_error_f_trust_hi", "true_error_e_trust_lo", "true_error_e_trust_hi")
 
 
 class ConfigError(ValueError):
@@ -53,6 +55,28 @@ def _simplify_args() -> list[Argument]:
         a("model_devi_f_trust_hi", NUM, alias=["f_trust_hi"]),
         a("model_devi_e_trust_lo", NUM, optional=True, default=BIG, alias=["e_trust_lo"]),
         a("model_devi_e_trust_hi", NUM, optional=True, default=BIG, alias=["e_trust_hi"]),
+        # DP-GEN's true error (dpgen PR #1321): the models' error against pick_data's labels (labeled mode)
+        a("true_error_f_trust_lo", NUM, optional=True, default=BIG,
+          doc="labeled mode: candidate when the true max force error (eV/A) is at or above this (DP-GEN's rule)"),
+        a("true_error_f_trust_hi", NUM, optional=True, default=BIG,
+          doc="labeled mode: failed when the true max force error (eV/A) is at or above this"),
+        a("true_error_e_trust_lo", NUM, optional=True, default=BIG,
+          doc="labeled mode: candidate when the true energy error per atom (eV) is at or above this"),
+        a("true_error_e_trust_hi", NUM, optional=True, default=BIG,
+          doc="labeled mode: failed when the true energy error per atom (eV) is at or above this"),
+        # selection and the stopping rule on measured error
+        a("select_style", str, optional=True, default="random",
+          doc="how candidates are picked: random (DP-GEN's), max_devi (largest deviation or error first, DPGEN2's "
+              "fixed-levels-max-select) or diverse (farthest-point sampling on descriptor features)"),
+        a("select_devi_weight", NUM, optional=True, default=0.0,
+          doc="diverse: multiply each candidate's distance by its score (value / trust lo) to this power"),
+        a("probe_number", int, optional=True, default=0,
+          doc="frames drawn at random each round from all frames not relabeled yet, relabeled and held out of the "
+              "next training to measure the models' new-level error; never selected by deviation"),
+        a("conv_e_rmse", [float, int, type(None)], optional=True, default=None,
+          doc="stop when the probe's energy RMSE (eV/atom) of the current models is at or below this"),
+        a("conv_f_rmse", [float, int, type(None)], optional=True, default=None,
+          doc="stop when the probe's force RMSE (eV/A) of the current models is at or below this"),
         a("model_devi_activation_func", [list, type(None)], optional=True, default=None),
         a("model_devi_engine", str, optional=True, default="lammps"),
         a("pick_seed", int, optional=True, default=0, doc="seed of the random picks (DP-GEN's are unseeded)"),
@@ -169,6 +193,26 @@ def _check_numbers(j: dict) -> None:
         lo, hi = j[f"model_devi_{q}_trust_lo"], j[f"model_devi_{q}_trust_hi"]
         if lo < 0 or lo > hi:
             raise ConfigError(f"model_devi_{q}_trust_lo ({lo}) must be >= 0 and <= model_devi_{q}_trust_hi ({hi})")
+    for q in ("f", "e"):
+        lo, hi = j[f"true_error_{q}_trust_lo"], j[f"true_error_{q}_trust_hi"]
+        if lo < 0 or lo > hi:
+            raise ConfigError(f"true_error_{q}_trust_lo ({lo}) must be >= 0 and <= true_error_{q}_trust_hi ({hi})")
+    set_true = [k for k in TRUE_ERROR_KEYS if j[k] < BIG]
+    if set_true and not j["labeled"]:
+        raise ConfigError(f"{set_true[0]}: the true error is measured against pick_data's own labels, which needs "
+                          "labeled: true (DP-GEN's rule); remove it or set labeled: true")
+    if j["select_style"] not in STYLES:
+        raise ConfigError(f"select_style: expected one of {list(STYLES)}, got {j['select_style']!r}")
+    if j["select_devi_weight"] < 0:
+        raise ConfigError(f"select_devi_weight: expected a number >= 0, got {j['select_devi_weight']}")
+    if j["probe_number"] < 0:
+        raise ConfigError(f"probe_number: expected an integer >= 0, got {j['probe_number']}")
+    for key in ("conv_e_rmse", "conv_f_rmse"):
+        if j[key] is not None and not j[key] > 0:
+            raise ConfigError(f"{key}: expected a positive number (RMSE), got {j[key]}")
+        if j[key] is not None and j["probe_number"] == 0:
+            raise ConfigError(f"{key}: the stopping rule measures the error on the probe frames; set probe_number "
+                              "> 0 (e.g. 10)")
     if j["train_backend"] not in ("tensorflow", "pytorch"):
         raise ConfigError(f"train_backend: expected 'tensorflow' or 'pytorch', got {j['train_backend']!r}")
     if j["mlp_engine"] != "dp":

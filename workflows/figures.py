@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-FIGURES = ("deviation.png", "counts.png", "lcurves.png", "final_error.png")
+FIGURES = ("deviation.png", "counts.png", "lcurves.png", "final_error.png", "learning_curve.png")
 
 
 def _plt():
@@ -104,28 +104,24 @@ def plot_lcurves(lcurves: dict[int, list[dict]], path) -> None:
 
 def final_errors(models, dataset_dir, type_map: list[str]) -> dict:
     """The final ensemble (mean prediction) against every relabeled frame: per-frame arrays and RMSEs."""
-    import dpdata
+    from dflow_simplify.ops.model_devi import ensemble_errors, load_models
 
-    from dflow_simplify.ops.data import find_systems
-    from dflow_simplify.ops.model_devi import load_models
+    return ensemble_errors(load_models(models), dataset_dir, type_map)
 
-    e_ref, e_pred, f_ref, f_pred = [], [], [], []
-    dps = load_models(models)
-    for rel in find_systems(str(dataset_dir)):
-        s = dpdata.LabeledSystem(str(Path(dataset_dir, rel)), fmt="deepmd/npy", type_map=type_map)
-        n, natoms = len(s), s.get_natoms()
-        cells = None if s.nopbc else s["cells"].reshape(n, -1)
-        preds = [dp.eval(s["coords"].reshape(n, -1), cells, s["atom_types"]) for dp in dps]
-        e_pred.append(np.mean([p[0].reshape(n) for p in preds], axis=0) / natoms)
-        f_pred.append(np.mean([p[1].reshape(n, -1) for p in preds], axis=0).ravel())
-        e_ref.append(s["energies"] / natoms)
-        f_ref.append(s["forces"].reshape(n, -1).ravel())
-    if not e_ref:
-        return {}
-    e_ref, e_pred, f_ref, f_pred = (np.concatenate(a) for a in (e_ref, e_pred, f_ref, f_pred))
-    return {"e_ref": e_ref, "e_pred": e_pred, "f_ref": f_ref, "f_pred": f_pred,
-            "rmse_e_per_atom": float(np.sqrt(np.mean((e_pred - e_ref) ** 2))),
-            "rmse_f": float(np.sqrt(np.mean((f_pred - f_ref) ** 2))), "n_frames": int(len(e_ref))}
+
+def plot_learning_curve(rows: list[dict], path) -> None:
+    """The measured new-level error (the probe: frames the models had not seen) against the frames relabeled so
+    far (the models' training set plus the probe)."""
+    plt = _plt()
+    points = [(r["relabeled_before"], r["probe_error"]) for r in rows if r.get("probe_error")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, what in ((axes[0], "rmse_e_per_atom", "energy RMSE (eV/atom)"), (axes[1], "rmse_f", "force RMSE (eV/A)")):
+        ax.plot([x for x, _ in points], [e[key] for _, e in points], "o-")
+        for x, e in points:
+            ax.annotate(str(e["n_frames"]), (x, e[key]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel("frames relabeled so far (training set + probe)")
+        ax.set_ylabel(what + ", probe")
+    _save(fig, path, "Learning curve: the models' error on the probe (point labels: probe frames)")
 
 
 def plot_final_error(err: dict, path) -> None:

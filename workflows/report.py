@@ -16,8 +16,8 @@ from dflow import download_artifact
 from dflow_simplify.ops.data import find_systems
 from dflow_simplify.ops.select_confs import iter_index_of
 
-ITER_COLUMNS = ("iteration", "n_pool", "n_candidate", "n_accurate", "n_failed", "n_selected", "n_relabeled", "n_fp_failed",
-                "n_bad_box")
+ITER_COLUMNS = ("iteration", "n_pool", "n_candidate", "n_accurate", "n_failed", "n_selected", "n_probe", "n_relabeled",
+                "n_fp_failed", "n_bad_box")
 
 
 def _download_json(artifact) -> object:
@@ -53,9 +53,22 @@ def iteration_rows(steps) -> list[dict]:
         row["n_fp_failed"] = sum(_sliced_int(s.outputs.parameters["n_failed"].value) for s in fps)
         row["n_bad_box"] = sum(_sliced_int(s.outputs.parameters["n_skipped"].value) for s in fps)
         row["go_on"] = rep.get("go_on")
+        row["stopped_by"] = rep.get("stopped_by")
+        row["probe_error"] = rep.get("probe_error")
         row["fp_done"] = len(fps) == len(fp_keys) == (rep["fp_groups"] if "fp_groups" in rep else len(fp_keys))
         rows.append(row)
     return rows
+
+
+def measured_errors(rows: list[dict]) -> list[dict]:
+    """Per iteration with a probe: the models' error on frames they had not seen (the probe drawn and relabeled
+    the round before) and the frames relabeled so far (their training set plus the probe itself)."""
+    out, before = [], 0
+    for r in rows:
+        if r.get("probe_error"):
+            out.append({"iteration": r["iteration"], "relabeled_before": before, **r["probe_error"]})
+        before += r.get("n_relabeled") or 0
+    return out
 
 
 def _download_files(artifact, tmp: Path, name: str, pattern: str) -> list[Path]:
@@ -77,7 +90,8 @@ def figure_inputs(steps, tmp: Path) -> tuple[dict, dict]:
             continue
         if key.endswith("--model-devi"):
             for f in _download_files(step.outputs.artifacts["model_devi"], tmp, key, "*.npz"):
-                devi[iter_index_of(key)] = np.array(list(read_model_devi(f).values())).reshape(-1, 2)
+                q = read_model_devi(f).quantities()
+                devi[iter_index_of(key)] = np.column_stack([q["f"], q["e"]])
         elif re.search(r"--run-train-\d+$", key):
             # a slice's artifact may show its siblings' files too (debug mode): one curve per distinct file
             for f in _download_files(step.outputs.artifacts["lcurve"], tmp, key, "lcurve.out"):
@@ -102,6 +116,9 @@ def write_figures(steps, cfg, output: Path, report: dict) -> list[str]:
     if lcurves:
         figures.plot_lcurves(lcurves, output / "lcurves.png")
         written.append("lcurves.png")
+    if report.get("measured_error"):
+        figures.plot_learning_curve(report["measured_error"], output / "learning_curve.png")
+        written.append("learning_curve.png")
     models = sorted(Path(output, "models").glob("graph.*"))
     err = figures.final_errors(models, output / "dataset", cfg.jdata["type_map"]) if models else {}
     if err:
@@ -155,7 +172,7 @@ def step_events(steps, seen: set) -> list[str]:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("iter", "pool", "cand", "accur", "failed", "select", "relabel", "fp_fail", "bad_box")
+    head = ("iter", "pool", "cand", "accur", "failed", "select", "probe", "relabel", "fp_fail", "bad_box")
     lines = ["  ".join(f"{h:>7}" for h in head)]
     for r in rows:
         lines.append("  ".join(f"{r.get(c, '') if r.get(c) is not None else '':>7}" for c in ITER_COLUMNS))
@@ -180,12 +197,14 @@ def collect_outputs(wf, cfg, output: Path, wall_time: float | None = None) -> di
             for i, p in enumerate(sorted(str(p) for p in model_paths)):
                 shutil.copy2(p, models_dir / ("graph.%03d%s" % (i, Path(p).suffix)))
             download_artifact(loop.outputs.artifacts["dataset"], path=Path(tmp, "dataset"))
+            if "probe_data" in loop.outputs.artifacts:  # relabeled, held out of the last training
+                download_artifact(loop.outputs.artifacts["probe_data"], path=Path(tmp, "dataset", "probe"))
             n_dataset = consolidate_dataset(Path(tmp, "dataset"), dataset_dir, cfg.jdata["type_map"])
     last = rows[-1] if rows else {}
     report = {
         "workflow_id": wf.id,
-        "converged": bool(rows) and last.get("n_selected") == 0,
-        "stopped_by": "no frame selected" if last.get("n_selected") == 0 else "stop_iter",
+        "converged": bool(rows) and last.get("stopped_by") in ("converged", "no frame selected"),
+        "stopped_by": last.get("stopped_by") or ("no frame selected" if last.get("n_selected") == 0 else "stop_iter"),
         "n_frames": cfg.n_frames,
         "n_relabeled": sum(r["n_relabeled"] for r in rows),
         "n_in_dataset": n_dataset,
@@ -194,6 +213,7 @@ def collect_outputs(wf, cfg, output: Path, wall_time: float | None = None) -> di
         "n_failed_left": last.get("n_failed", 0) if rows else 0,
         "wall_time_s": None if wall_time is None else round(wall_time, 1),
         "iterations": [{c: r.get(c) for c in ITER_COLUMNS} for r in rows],
+        "measured_error": measured_errors(rows),
     }
     figs = write_figures(steps, cfg, Path(output), report)
     Path(output, "report.json").write_text(json.dumps(report, indent=2))

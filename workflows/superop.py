@@ -49,13 +49,15 @@ def fp_step(name: str, key_prefix: str, select: Step, fp_files, type_map, fp_sty
 
 
 def select_step(name: str, key_prefix: str, state, model_devi, pick_data, pick_data_paths, select_params, iter_index,
-                settings: StageSettings) -> Step:
+                settings: StageSettings, devi_summary=None) -> Step:
     """SelectConfs; pick_data as an artifact, or (None) read in place at `pick_data_paths` (a mounted volume)."""
     artifacts = {"state": state}
     if pick_data is not None:
         artifacts["pick_data"] = pick_data
     if model_devi is not None:
         artifacts["model_devi"] = model_devi
+    if devi_summary is not None:
+        artifacts["devi_summary"] = devi_summary
     return Step(
         name,
         template=PythonOPTemplate(SelectConfs, **settings.template("select_confs")),
@@ -75,9 +77,9 @@ class SimplifyIteration(Steps):
         # pick_data: not an artifact at all when the OPs read it in place from a volume (pick_data_paths)
         for a in ("state", "init_models") + (() if settings.pick_volume else ("pick_data",)):
             self.inputs.artifacts[a] = InputArtifact()
-        for a in ("iter_data", "new_data", "fp_failures", "init_data", "fp_files"):
+        for a in ("iter_data", "probe_data", "new_data", "fp_failures", "init_data", "fp_files"):
             self.inputs.artifacts[a] = InputArtifact(optional=True)
-        for a in ("models", "checkpoints", "dataset"):
+        for a in ("models", "checkpoints", "dataset", "probe_data"):
             self.outputs.artifacts[a] = OutputArtifact()
         self._build(settings)
 
@@ -91,7 +93,7 @@ class SimplifyIteration(Steps):
             parameters={"template": par["train_template"], "numb_models": par["numb_models"],
                         "iter_index": par["iter_index"], "options": par["train_options"]},
             artifacts={"state": art["state"], "iter_data": art["iter_data"], "new_data": art["new_data"],
-                       "fp_failures": art["fp_failures"]},
+                       "fp_failures": art["fp_failures"], "probe_data": art["probe_data"]},
             key=f"{key}--prep-train",
         )
         self.add(prep)
@@ -116,14 +118,16 @@ class SimplifyIteration(Steps):
             "model-devi",
             template=PythonOPTemplate(ModelDevi, **settings.template("model_devi")),
             parameters={"type_map": par["type_map"], "batch_size": par["model_devi_batch_size"],
-                        "pick_data_paths": par["pick_data_paths"]},
+                        "pick_data_paths": par["pick_data_paths"], "select_params": par["select_params"]},
             artifacts={"models": train.outputs.artifacts["model"], "state": prep.outputs.artifacts["state"],
+                       "probe_data": prep.outputs.artifacts["probe_data"],
                        **({"pick_data": pick_data} if pick_data is not None else {})},
             key=f"{key}--model-devi",
         )
         self.add(devi)
         select = select_step("select-confs", key, prep.outputs.artifacts["state"], devi.outputs.artifacts["model_devi"],
-                             pick_data, par["pick_data_paths"], par["select_params"], par["iter_index"], settings)
+                             pick_data, par["pick_data_paths"], par["select_params"], par["iter_index"], settings,
+                             devi_summary=devi.outputs.artifacts["summary"])
         self.add(select)
         fp = fp_step("run-fp", key, select, art["fp_files"], par["type_map"], par["fp_style"],
                      par["fp_params"], par["skip_bad_box"], settings)
@@ -138,6 +142,7 @@ class SimplifyIteration(Steps):
             parameters=next_parameters,
             artifacts={**({"pick_data": pick_data} if pick_data is not None else {}), "state": select.outputs.artifacts["state"],
                        "init_models": train.outputs.artifacts["checkpoint"], "iter_data": prep.outputs.artifacts["iter_data"],
+                       "probe_data": prep.outputs.artifacts["probe_data"],
                        "new_data": fp.outputs.artifacts["labeled_data"], "fp_failures": fp.outputs.artifacts["failures"],
                        "init_data": art["init_data"], "fp_files": art["fp_files"]},
             when=f"{select.outputs.parameters['go_on']} == true",
@@ -151,3 +156,6 @@ class SimplifyIteration(Steps):
             _if=go_on, _then=nxt.outputs.artifacts["checkpoints"], _else=train.outputs.artifacts["checkpoint"])
         self.outputs.artifacts["dataset"].from_expression = if_expression(
             _if=go_on, _then=nxt.outputs.artifacts["dataset"], _else=prep.outputs.artifacts["iter_data"])
+        # relabeled too, held out of the last training (the probe the last models were measured on)
+        self.outputs.artifacts["probe_data"].from_expression = if_expression(
+            _if=go_on, _then=nxt.outputs.artifacts["probe_data"], _else=prep.outputs.artifacts["probe_data"])

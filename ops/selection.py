@@ -1,0 +1,160 @@
+"""Which candidates to relabel: DP-GEN's classification by trust levels and the selection styles.
+
+Classification (dpgen/simplify/simplify.py, post_model_devi), per frame, with `d` the ensemble's deviation
+and, when DP-GEN's `true_error_*` levels are set (labeled mode), `t` the models' error against pick_data's
+labels (deepmd-kit's `dp model-devi --real_error`):
+  failed    : any quantity at or above its hi level
+  candidate : otherwise, any quantity in [lo, hi)
+  accurate  : otherwise (every quantity below its lo level)
+
+Styles pick at most n of the candidates (`select_style`):
+  random    seeded shuffle (DP-GEN's rule, the default)
+  max_devi  the largest score first (DPGEN2's `fixed-levels-max-select`)
+  diverse   farthest-point sampling on the candidates' descriptor features, started at the largest score;
+            `weight` > 0 multiplies each distance by score**weight (deviation-weighted diversity)
+The score of a frame is how far it sits above its trust levels: max over the set quantities of value / lo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FAILED, CANDIDATE, ACCURATE = "failed", "candidate", "accurate"
+NO_LIMIT = 1e10  # DP-GEN's "no limit" for trust levels; anything at or above it is unset
+QUANTITIES = ("f", "e", "f_err", "e_err")  # max force deviation, energy deviation per atom, their true errors
+STYLES = ("random", "max_devi", "diverse")
+LEVEL_FLOOR = 1e-12  # a trust level of 0, for scores
+
+
+@dataclass(frozen=True)
+class TrustLevels:
+    """lo/hi per quantity; a level at or above NO_LIMIT (or inf) is unset."""
+
+    f_lo: float
+    f_hi: float
+    e_lo: float = float("inf")
+    e_hi: float = float("inf")
+    f_err_lo: float = float("inf")
+    f_err_hi: float = float("inf")
+    e_err_lo: float = float("inf")
+    e_err_hi: float = float("inf")
+
+    @property
+    def uses_true_error(self) -> bool:
+        """DP-GEN's switch: a true-error lo level below infinity."""
+        return self.f_err_lo < NO_LIMIT or self.e_err_lo < NO_LIMIT
+
+    def levels(self, q: str) -> tuple[float, float]:
+        return getattr(self, f"{q}_lo"), getattr(self, f"{q}_hi")
+
+
+def classify(values: dict[str, np.ndarray], trust: TrustLevels) -> np.ndarray:
+    """failed / candidate / accurate per frame; `values` maps each quantity of QUANTITIES that is given
+    to an array over frames (true errors are needed only when trust.uses_true_error)."""
+    quantities = [q for q in QUANTITIES if q in ("f", "e") or trust.uses_true_error]
+    missing = [q for q in quantities if q not in values]
+    if missing:
+        raise ValueError(f"classify: no values for {missing} (true-error levels need the true errors)")
+    n = len(np.asarray(values["f"]))
+    failed = np.zeros(n, bool)
+    inside = np.zeros(n, bool)
+    for q in quantities:
+        v = np.asarray(values[q], dtype=float)
+        lo, hi = trust.levels(q)
+        failed |= v >= hi
+        inside |= (v >= lo) & (v < hi)
+    out = np.full(n, ACCURATE, dtype=object)
+    out[inside & ~failed] = CANDIDATE
+    out[failed] = FAILED
+    return out
+
+
+def scores(values: dict[str, np.ndarray], trust: TrustLevels) -> np.ndarray:
+    """How far each frame sits above its trust levels: max over the set quantities of value / lo (a lo of 0
+    counts as LEVEL_FLOOR, so that quantity dominates: every frame is far above it)."""
+    n = len(np.asarray(values["f"]))
+    out = np.zeros(n)
+    for q in QUANTITIES:
+        lo, _ = trust.levels(q)
+        if q in values and lo < NO_LIMIT:
+            out = np.maximum(out, np.asarray(values[q], dtype=float) / max(lo, LEVEL_FLOOR))
+    return out
+
+
+def pick_random(n_candidates: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """DP-GEN's shuffle, seeded: the first n of a permutation."""
+    return rng.permutation(n_candidates)[:n]
+
+
+def pick_max_devi(score: np.ndarray, n: int) -> np.ndarray:
+    """The n largest scores, largest first (ties by position: stable)."""
+    return np.argsort(-np.asarray(score, dtype=float), kind="stable")[:n]
+
+
+def pick_diverse(features: np.ndarray, score: np.ndarray, n: int, weight: float = 0.0) -> np.ndarray:
+    """Farthest-point sampling: start at the largest score, then repeatedly the candidate farthest (in
+    feature space, features standardized per column) from everything picked so far, its distance
+    multiplied by score**weight. Picks no near-duplicates while far-apart candidates remain."""
+    x = np.asarray(features, dtype=float)
+    score = np.asarray(score, dtype=float)
+    m = len(x)
+    n = min(n, m)
+    if n <= 0:
+        return np.zeros(0, int)
+    std = x.std(axis=0)
+    x = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    w = np.power(np.maximum(score, 1e-12), weight) if weight else np.ones(m)
+    picked = [int(np.argmax(score))]
+    dist = np.linalg.norm(x - x[picked[0]], axis=1)
+    for _ in range(n - 1):
+        gain = dist * w
+        gain[picked] = -1.0
+        j = int(np.argmax(gain))
+        picked.append(j)
+        dist = np.minimum(dist, np.linalg.norm(x - x[j], axis=1))
+    return np.array(picked)
+
+
+def pick(style: str, n: int, score: np.ndarray, rng: np.random.Generator, features: np.ndarray | None = None,
+         weight: float = 0.0) -> np.ndarray:
+    """Positions (into the candidate list) of the n candidates that `style` picks, in pick order."""
+    m = len(score)
+    n = min(int(n), m)
+    if style not in STYLES:
+        raise ValueError(f"select_style: unknown style {style!r}; expected one of {STYLES}")
+    if n <= 0:
+        return np.zeros(0, int)
+    if style == "random":
+        return pick_random(m, n, rng)
+    if style == "max_devi":
+        return pick_max_devi(score, n)
+    if features is None or len(features) != m:
+        raise ValueError(f"select_style diverse needs descriptor features for all {m} candidates, "
+                         f"got {None if features is None else len(features)}")
+    return pick_diverse(features, score, n, weight)
+
+
+def pick_cap(n_candidate: int, n_accurate: int, n_total: int, rules: dict) -> int:
+    """How many candidates to label this iteration (DP-GEN's fp_task_max/min and accurate thresholds)."""
+    cap = int(rules["pick_number"])
+    if rules.get("fp_task_max") is not None:
+        cap = min(cap, int(rules["fp_task_max"]))
+    acc_ratio = n_accurate / n_total if n_total else 1.0
+    hard = rules.get("fp_accurate_threshold")
+    soft = rules.get("fp_accurate_soft_threshold")
+    if hard is not None and acc_ratio >= hard:
+        cap = 0
+    elif hard is not None and soft is not None and soft < hard and acc_ratio >= soft:
+        cap = int(cap * (hard - acc_ratio) / (hard - soft))
+    if rules.get("fp_task_min") is not None and min(cap, n_candidate) < int(rules["fp_task_min"]):
+        cap = 0
+    return min(cap, n_candidate)
+
+
+def trust_from_params(p: dict) -> TrustLevels:
+    """The trust levels of SelectConfs' parameters (build.select_parameters)."""
+    return TrustLevels(p["f_trust_lo"], p["f_trust_hi"], p["e_trust_lo"], p["e_trust_hi"],
+                       p.get("true_error_f_trust_lo", float("inf")), p.get("true_error_f_trust_hi", float("inf")),
+                       p.get("true_error_e_trust_lo", float("inf")), p.get("true_error_e_trust_hi", float("inf")))
