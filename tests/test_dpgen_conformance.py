@@ -66,7 +66,7 @@ def dpgen_verdicts(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dpgen")
     (tmp / "cases.json").write_text(json.dumps(cases))
     proc = subprocess.run([py, str(ROOT / "tests" / "dpgen_post_model_devi.py"), str(tmp / "cases.json"),
-                           str(tmp / "work")], capture_output=True, text=True, timeout=600)
+                           str(tmp / "work")], capture_output=True, text=True, timeout=600, cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return devi, err, json.loads(proc.stdout.strip().splitlines()[-1])
 
