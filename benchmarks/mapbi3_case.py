@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from dflow_simplify.ops.run_train import SINGLE_THREAD
+from benchmarks.originals import train_dp
 
 DATA = Path(__file__).resolve().parent / "data" / "mapbi3"
 TYPE_MAP = ["I", "Pb", "C", "N", "H"]
@@ -43,23 +40,13 @@ def split(dst: Path) -> tuple[Path, Path]:
 
 
 def train_original(work: Path, pick: Path, index: int, steps: int = 3000) -> Path:
-    out = work / "models" / f"{index:03d}"
-    if (out / "graph.pb").exists():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
     seed = index + 1
     inp = {"model": {"type_map": TYPE_MAP, "descriptor": {**DESCRIPTOR, "seed": seed},
                      "fitting_net": {"neuron": [32, 32, 32], "resnet_dt": True, "seed": seed}},
            "learning_rate": {"type": "exp", "start_lr": 0.002, "decay_steps": 200, "stop_lr": 5e-5}, "loss": LOSS,
            "training": {"numb_steps": steps, "seed": seed, "disp_freq": 500, "save_freq": steps,
                         "training_data": {"systems": sorted(str(p) for p in pick.iterdir()), "batch_size": 1}}}
-    (out / "input.json").write_text(json.dumps(inp, indent=1))
-    env = {**os.environ, **SINGLE_THREAD, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with open(out / "train.log", "w") as log:
-        for cmd in (["train", "input.json"], ["freeze", "-o", "graph.pb"]):
-            subprocess.run([sys.executable, "-m", "deepmd", "--tf", *cmd], cwd=out, env=env, stdout=log,
-                           stderr=subprocess.STDOUT, check=True)
-    return out
+    return train_dp(work / "models" / f"{index:03d}", inp)
 
 
 def median_max_devi_f(models: list[Path], pick: Path) -> float:
@@ -70,7 +57,7 @@ def median_max_devi_f(models: list[Path], pick: Path) -> float:
 
     ids = {f"0/{rel}": list(range(len(dpdata.System(str(pick / rel), fmt="deepmd/npy")))) for rel in find_systems(str(pick))}
     devi = compute_model_devi(load_models([m / "graph.pb" for m in models]), [str(pick)], ids, TYPE_MAP)
-    return float(np.median(np.concatenate([v[:, 3] for _, v in devi.values()])))
+    return float(np.median(devi.quantities()["f"]))
 
 
 def prepare(work: Path) -> dict:

@@ -125,7 +125,7 @@ def main() -> None:
                  "floor": best_of(args.repeat, floor)}
         # the same numbers, whichever way: our max_devi_f against dp model-devi's
         ref = np.concatenate([np.loadtxt(tmp / f"dp_cli.{k}.out", ndmin=2)[:, 4] for k in range(len(systems))])
-        mine = np.concatenate([devi[f"0/{rel}"][1][:, 3] for rel in systems])
+        mine = np.concatenate([devi.values[[k == f"0/{rel}" for k, _ in devi.keys], 3] for rel in systems])
         agree = float(np.max(np.abs(ref - mine)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

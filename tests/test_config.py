@@ -76,6 +76,13 @@ MALFORMED = [
     ("bad fp_params", lambda j: j.update(fp_params={"method": "pbe", "dampng": "d3bj"}), "dampng"),
     ("negative pick", lambda j: j.update(iter_pick_number=0), "iter_pick_number"),
     ("bad step config", lambda j: j.update(step_configs={"run_fp": {"group_size": 0}}), "step_configs.run_fp.group_size"),
+    ("true error without labels", lambda j: j.update(true_error_f_trust_lo=0.1), "true_error_f_trust_lo"),
+    ("true error lo > hi", lambda j: j.update(labeled=True, true_error_e_trust_lo=0.2, true_error_e_trust_hi=0.1),
+     "true_error_e_trust_lo"),
+    ("unknown select style", lambda j: j.update(select_style="best"), "select_style"),
+    ("negative probe", lambda j: j.update(probe_number=-1), "probe_number"),
+    ("conv without probe", lambda j: j.update(conv_e_rmse=0.01), "conv_e_rmse"),
+    ("conv not positive", lambda j: j.update(probe_number=5, conv_f_rmse=0), "conv_f_rmse"),
 ]
 
 
@@ -109,3 +116,16 @@ def test_labeled_mode_needs_labels(tmp_path):
     j.update(labeled=True)
     with pytest.raises(ConfigError, match="lacks force.npy, which labeled: true needs"):
         validate(copy.deepcopy(j), tmp_path / "m" / "simplify_example")
+
+
+def test_dpgen_true_error_keys_are_accepted_as_is_in_labeled_mode(tmp_path):
+    """DP-GEN's true-error keys (dpgen PR #1321) with its MAPbI3 config in labeled mode: taken, and handed to
+    SelectConfs; the new selection keys default to DP-GEN's behaviour."""
+    from dflow_simplify.workflows.build import select_parameters
+
+    path = _mapbi3(tmp_path, labeled=True, true_error_f_trust_lo=0.1, true_error_f_trust_hi=0.5,
+                   true_error_e_trust_lo=0.01)
+    p = select_parameters(load_config(path))
+    assert (p["true_error_f_trust_lo"], p["true_error_f_trust_hi"], p["true_error_e_trust_lo"]) == (0.1, 0.5, 0.01)
+    assert p["true_error_e_trust_hi"] == 1e10 and p["select_style"] == "random" and p["probe_number"] == 0
+    assert p["conv_e_rmse"] is None and p["conv_f_rmse"] is None

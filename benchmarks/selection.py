@@ -1,0 +1,185 @@
+"""Selection benchmark on a heterogeneous pool (benchmarks/hetero_case.py): which frames to relabel, and when to stop.
+
+    .venv/bin/python benchmarks/selection.py --seeds 1 2 3 [--methods ...]
+
+Every method runs the tool itself (submit_simplify.py, local mode, labeled mode: pick_data carries the new-level
+labels) from the same four original models, except `dpgen` (DP-GEN 0.14's `dpgen simplify`). Settings were fixed
+before the first run; the rules:
+  * trust level: model_devi_f_trust_lo = the originals' median max force deviation on pick_data (f_trust_hi 10);
+    true-error levels (method true_max) = the originals' median true errors on pick_data, force and energy;
+  * schedule: 20 frames in iteration 0, 20 per iteration, stop_iter 5 (5 training rounds of 600 steps each,
+    at most 100 of 400 frames = 25%);
+  * random: the same schedule with every frame a candidate (f_trust_lo 0), i.e. random picks of the same number
+    of frames per round, trained the same way;
+  * all: every frame relabeled, trained once for the same total steps (5 x 600, learning-rate decay scaled);
+  * stopping rule (method probe): the default rule without stop_iter, probe_number 10, conv_e_rmse = one tenth of
+    the originals' new-level energy RMSE on the held-out frames; `until` is the same without the probe (until
+    nothing is selected); both capped at stop_iter 10;
+  * errors: every model of a method on 30 held-out frames per population at the new level, RMSE of energy per
+    atom and force components, per population and over all 120 (each population weighs the same), mean over the
+    4 models.
+Results: a table per seed, ratios against random and all, benchmarks/runs/hetero/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.hetero_case import POPULATIONS, TYPE_MAP, population_of, prepare  # noqa: E402
+from benchmarks.label_efficiency import one_shot_config, relabel_new_level, rmse, run_dpgen, run_ours  # noqa: E402
+
+D3 = {"method": "pbe", "damping": "d3bj"}
+METHODS = ("random", "default", "true_max", "diverse", "max_devi", "all", "probe", "dpgen", "until")
+OFF = 1e9  # a trust level no frame reaches
+
+
+def by_population(flat: Path, out: Path) -> Path:
+    """out/<population>/<system> links to flat/<system>, so that rmse() can be asked per population."""
+    for system in sorted(p for p in flat.iterdir() if p.is_dir()):
+        link = out / population_of(system.name) / system.name
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(system.resolve())
+    return out
+
+
+def errors(models: list[Path], holdout: Path) -> dict:
+    """Overall and per population: {"all": {...}, "bulk": {...}, ...} with rmse_e_per_atom and rmse_f."""
+    out = {"all": rmse(models, holdout, TYPE_MAP)}
+    for population in POPULATIONS:
+        out[population] = rmse(models, holdout / population, TYPE_MAP)
+    for r in out.values():
+        r.pop("per_model", None)
+    return out
+
+
+def trust_rules(models: list[Path], pick: Path) -> dict:
+    """The originals' medians on pick_data: max force deviation, true max force error, true energy error/atom."""
+    from dflow_simplify.ops.data import count_frames, find_systems
+    from dflow_simplify.ops.model_devi import compute_model_devi, load_models
+
+    roots = [str(pick)]
+    ids = {f"0/{rel}": list(range(count_frames(roots, f"0/{rel}"))) for rel in find_systems(str(pick))}
+    devi = compute_model_devi(load_models(models), roots, ids, TYPE_MAP, true_error=True)
+    q = devi.quantities()
+    return {k: round(float(np.median(q[k])), 5) for k in ("f", "f_err", "e_err")}
+
+
+def method_config(base: dict, method: str, rules: dict, conv_e: float, seed: int, n_frames: int) -> dict:
+    cfg = copy.deepcopy(base)
+    cfg.update(pick_seed=seed, model_devi_f_trust_lo=rules["f"])
+    if method == "random":
+        cfg.update(model_devi_f_trust_lo=0.0, model_devi_f_trust_hi=OFF)
+    elif method in ("max_devi", "diverse"):
+        cfg.update(select_style=method)
+    elif method == "true_max":
+        cfg.update(model_devi_f_trust_lo=OFF, model_devi_f_trust_hi=OFF, select_style="max_devi",
+                   true_error_f_trust_lo=rules["f_err"], true_error_e_trust_lo=rules["e_err"])
+    elif method == "probe":
+        cfg.update(stop_iter=10, probe_number=10, conv_e_rmse=conv_e)
+    elif method == "until":
+        cfg.update(stop_iter=10)
+    elif method == "all":
+        cfg = one_shot_config(cfg, n_frames, rounds=base["stop_iter"])
+        cfg["stop_iter"] = 1
+    return cfg
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--dpgen-python", default=str(ROOT / ".venv-dpgen" / "bin" / "python"))
+    p.add_argument("--work", default=str(ROOT / "benchmarks" / "runs" / "hetero"))
+    args = p.parse_args()
+    work = Path(args.work).resolve()
+    case = prepare(work)
+    pick, holdout_flat = work / "pick", work / "holdout-flat"
+    relabel_new_level(case["pick_old"], pick, TYPE_MAP, D3)
+    relabel_new_level(case["holdout_old"], holdout_flat, TYPE_MAP, D3)
+    holdout = by_population(holdout_flat, work / "holdout")
+    holdout_old = by_population(case["holdout_old"], work / "holdout-old-by-population")
+    originals = [m / "graph.pb" for m in case["models"]]
+    n_frames = sum(POPULATIONS.values())
+    results_file = work / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    if "original" not in results:
+        results.update(machine=f"{platform.node()}, {os.cpu_count()} cores", n_frames=n_frames,
+                       original={"old_level": errors(originals, holdout_old), "new_level": errors(originals, holdout)},
+                       rules=trust_rules(originals, pick))
+        results_file.write_text(json.dumps(results, indent=1))
+    rules = results["rules"]
+    conv_e = round(0.1 * results["original"]["new_level"]["all"]["rmse_e_per_atom"], 5)
+    results["conv_e_rmse"] = conv_e
+    run_case = {"pick": pick, "models": case["models"]}
+    for seed in args.seeds:
+        row = results.setdefault("seeds", {}).setdefault(str(seed), {})
+        for method in args.methods:
+            if method in row:
+                continue
+            cfg = method_config(case["config"], method, rules, conv_e, seed, n_frames)
+            out = work / f"{method}-seed{seed}"
+            if method == "dpgen":
+                r = run_dpgen(method_config(case["config"], "default", rules, conv_e, seed, n_frames), run_case, pick,
+                              out, seed, args.dpgen_python)
+                if not r["models"]:
+                    row[method] = {"error": f"no trained model, see {out / 'bench.log'}"}
+                    continue
+            else:
+                r = run_ours(cfg, run_case, out)
+                rep = json.loads((out / "report.json").read_text())
+                r["stopped_by"] = rep["stopped_by"]
+                r["measured_error"] = rep.get("measured_error")
+            row[method] = {"errors": errors(r["models"], holdout),
+                           **{k: r.get(k) for k in ("n_relabeled", "wall_s", "train_rounds", "stopped_by", "measured_error")}}
+            results_file.write_text(json.dumps(results, indent=1))
+            print(f"seed {seed} {method}: {row[method]['n_relabeled']} frames, E {row[method]['errors']['all']['rmse_e_per_atom']:.4f}",
+                  flush=True)
+    print_results(results)
+
+
+def _cell(r: dict, pop: str) -> str:
+    e = r["errors"][pop]
+    return f"{e['rmse_e_per_atom'] * 1000:7.2f}/{e['rmse_f']:.3f}"
+
+
+def print_results(results: dict) -> None:
+    pops = ["all", *POPULATIONS]
+    print(f"machine {results['machine']}; pick_data {results['n_frames']} frames ({', '.join(f'{k} {v}' for k, v in POPULATIONS.items())})")
+    print(f"trust rules (originals' medians on pick_data): {results['rules']}; conv_e_rmse {results.get('conv_e_rmse')}")
+    for level in ("old_level", "new_level"):
+        print(f"original models, {level.replace('_', ' ')}: " + "  ".join(
+            f"{pop} {_cell({'errors': results['original'][level]}, pop)}" for pop in pops))
+    print("cells: energy RMSE meV/atom / force RMSE eV/A on held-out new-level frames, mean over 4 models")
+    print(f"{'seed':>4} {'method':<9}{'frames':>7}{'rounds':>7}" + "".join(f"{p:>17}" for p in pops) + "  stopped by")
+    for seed, row in results.get("seeds", {}).items():
+        for m, r in row.items():
+            if "error" in r:
+                print(f"{seed:>4} {m:<9} {r['error']}")
+                continue
+            print(f"{seed:>4} {m:<9}{r['n_relabeled']:>7}{r['train_rounds']:>7}"
+                  + "".join(f"{_cell(r, p):>17}" for p in pops) + f"  {r.get('stopped_by') or ''}")
+        for ref in ("random", "all"):
+            if ref not in row or "error" in row[ref]:
+                continue
+            for m, r in row.items():
+                if m == ref or "error" in r:
+                    continue
+                ratios = "  ".join(f"{p} E {r['errors'][p]['rmse_e_per_atom'] / row[ref]['errors'][p]['rmse_e_per_atom']:.2f}"
+                                   f" F {r['errors'][p]['rmse_f'] / row[ref]['errors'][p]['rmse_f']:.2f}" for p in pops)
+                print(f"{seed:>4} {m}/{ref}: frames {r['n_relabeled'] / max(1, row[ref]['n_relabeled']):.2f}  {ratios}")
+
+
+if __name__ == "__main__":
+    main()
