@@ -15,8 +15,8 @@ with the `dftd3` engine), errors measured on held-out frames labeled at the new 
 learning-rate decay scaled by the number of (a)'s training rounds). RMSE: energy per atom and force
 components, mean over the 4 models of each method (each model as a user would use it).
 Results: a table, the ratios (a)/(c), (a)/(b), (a)/(d), and benchmarks/runs/<case>/results.json.
-DP-GEN needs its own environment: `python3 -m venv /tmp/dpgen-venv && /tmp/dpgen-venv/bin/pip install dpgen==0.14.0`
-(--dpgen-python); `dp` is taken from this environment.
+DP-GEN runs in its own environment (scripts/setup.sh makes .venv-dpgen with dpgen==0.14.0; --dpgen-python);
+`dp` is taken from this environment.
 """
 
 from __future__ import annotations
@@ -205,7 +205,8 @@ def main() -> None:
     p.add_argument("--case", choices=sorted(CASES), default="ag-au")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--methods", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
-    p.add_argument("--dpgen-python", default="/tmp/dpgen-venv/bin/python", help="a Python with dpgen==0.14.0")
+    p.add_argument("--dpgen-python", default=str(ROOT / ".venv-dpgen" / "bin" / "python"),
+                   help="a Python with dpgen==0.14.0")
     p.add_argument("--work", default=None, help="default: benchmarks/runs/<case>")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
