@@ -1,22 +1,32 @@
-"""ModelDevi's function on the example's real models: deepmd-kit's definitions, batching-invariant."""
+"""ModelDevi's functions on the example's real models: deepmd-kit's definitions, batching-invariant; DP-GEN's true
+error as deepmd-kit's `--real_error` computes it; descriptor features for the candidates."""
 
 import numpy as np
 
 from dflow_simplify.ops.data import LoopState, find_systems, load_system
-from dflow_simplify.ops.model_devi import COLUMNS, compute_model_devi, load_models, read_model_devi, write_model_devi
+from dflow_simplify.ops.model_devi import (COLUMNS, compute_model_devi, descriptor_features, load_models,
+                                           read_model_devi, write_model_devi)
+
+TYPE_MAP = ["Ag", "Au"]
+
+
+def _setup(example):
+    models = load_models(sorted((example / "models").glob("*/graph.pb")))
+    roots = [str(example / "data" / "pick")]
+    systems = sorted(f"0/{s}" for s in find_systems(roots[0]))
+    return models, roots, {k: [0, 3, 5, 7, 11, 42] for k in systems}
 
 
 def test_model_devi_matches_a_direct_computation(example, tmp_path):
-    models = load_models(sorted((example / "models").glob("*/graph.pb")))
-    roots = [str(example / "data" / "pick")]
-    systems = {f"0/{s}": 100 for s in find_systems(roots[0])}
-    ids = {k: [0, 3, 5, 7, 11, 42] for k in systems}
-    devi = compute_model_devi(models, roots, ids, ["Ag", "Au"], batch_size=4)
-    key = sorted(systems)[0]
-    frame_ids, values = devi[key]
-    assert frame_ids == ids[key] and values.shape == (6, len(COLUMNS))
+    models, roots, ids = _setup(example)
+    devi = compute_model_devi(models, roots, ids, TYPE_MAP, batch_size=4)
+    key = sorted(ids)[0]
+    rows = [i for i, (k, _) in enumerate(devi.keys) if k == key]
+    values = devi.values[rows]
+    assert [f for k, f in devi.keys if k == key] == ids[key] and values.shape == (6, len(COLUMNS))
+    assert devi.true_error is None  # not asked for
     # independent: every model's forces and energies, deviation by hand
-    sys = load_system(roots, key, ["Ag", "Au"], labeled=False).sub_system(ids[key])
+    sys = load_system(roots, key, TYPE_MAP, labeled=False).sub_system(ids[key])
     outs = [m.eval(sys["coords"].reshape(6, -1), sys["cells"].reshape(6, -1), sys["atom_types"]) for m in models]
     forces = np.array([o[1].reshape(6, -1, 3) for o in outs])
     energies = np.array([o[0].reshape(6) for o in outs]) / sys.get_natoms()
@@ -24,9 +34,44 @@ def test_model_devi_matches_a_direct_computation(example, tmp_path):
     assert np.allclose(values[:, COLUMNS.index("max_devi_f")], f_dev, rtol=1e-6)
     assert np.allclose(values[:, COLUMNS.index("devi_e")], energies.std(0), rtol=1e-6)
     # batching does not change anything
-    again = compute_model_devi(models, roots, ids, ["Ag", "Au"], batch_size=256)
-    assert np.allclose(again[key][1], values)
+    again = compute_model_devi(models, roots, ids, TYPE_MAP, batch_size=256)
+    assert again.keys == devi.keys and np.allclose(again.values, devi.values)
     write_model_devi(tmp_path / "d.npz", devi)
-    table = read_model_devi(tmp_path / "d.npz")
-    assert len(table) == 12 and np.isclose(table[(key, 5)][0], f_dev[2])
-    assert compute_model_devi(models, roots, LoopState.initial({}).pool, ["Ag", "Au"]) == {}
+    table = read_model_devi(tmp_path / "d.npz").as_dict()
+    assert len(table) == 12 and np.isclose(table[(key, 5)]["f"], f_dev[2], rtol=1e-6)
+    assert compute_model_devi(models, roots, LoopState.initial({}).pool, TYPE_MAP).keys == []
+
+
+def test_true_error_is_deepmd_kits_real_error(example, tmp_path):
+    """The same columns as deepmd-kit's calc_model_devi with real_data (what `dp model-devi --real_error`,
+    DP-GEN's true error, runs), against pick_data's labels."""
+    from deepmd.infer.model_devi import calc_model_devi
+
+    models, roots, ids = _setup(example)
+    devi = compute_model_devi(models, roots, ids, TYPE_MAP, true_error=True)
+    for key in ids:
+        s = load_system(roots, key, TYPE_MAP, labeled=True).sub_system(ids[key])
+        natoms = s.get_natoms()
+        real = {"energy": s["energies"].reshape(-1, 1) / natoms, "force": s["forces"],
+                "virial": s["virials"].reshape(-1, 9) / natoms}
+        ref = calc_model_devi(s["coords"].reshape(6, -1), s["cells"].reshape(6, -1), s["atom_types"], models,
+                              real_data=real)[:, 1:]
+        rows = [i for i, (k, _) in enumerate(devi.keys) if k == key]
+        assert np.allclose(devi.true_error[rows], ref, rtol=1e-5, atol=1e-8)
+    write_model_devi(tmp_path / "d.npz", devi)
+    back = read_model_devi(tmp_path / "d.npz")
+    assert np.allclose(back.true_error, devi.true_error, rtol=1e-6)
+    assert set(back.quantities()) == {"f", "e", "f_err", "e_err"}
+
+
+def test_descriptor_features_are_compact_and_separate_compositions(example):
+    models, roots, ids = _setup(example)
+    feats = descriptor_features(models[0], roots, ids, TYPE_MAP, batch_size=4)
+    assert len(feats) == 12 and all(v.ndim == 1 and v.dtype == np.float32 and v.size <= 16 for v in feats.values())
+    # the two systems (Ag24Au8, Ag16Au16) are further apart than frames within one system
+    keys = sorted(ids)
+    a = np.array([feats[(keys[0], i)] for i in ids[keys[0]]])
+    b = np.array([feats[(keys[1], i)] for i in ids[keys[1]]])
+    within = np.mean([np.linalg.norm(m[i] - m[j]) for m in (a, b) for i in range(len(m)) for j in range(i)])
+    between = np.mean([np.linalg.norm(x - y) for x in a for y in b])
+    assert between > 2 * within

@@ -41,6 +41,9 @@ def test_figures_and_page_from_data(tmp_path):
     ref = rng.normal(size=30)
     figures.plot_final_error({"e_ref": ref, "e_pred": ref + 0.01, "f_ref": ref, "f_pred": ref, "rmse_e_per_atom": 0.01,
                               "rmse_f": 0.0, "n_frames": 30}, tmp_path / "final_error.png")
+    measured = [{"iteration": 1, "relabeled_before": 15, "rmse_e_per_atom": 0.05, "rmse_f": 0.1, "n_frames": 5},
+                {"iteration": 2, "relabeled_before": 35, "rmse_e_per_atom": 0.02, "rmse_f": 0.08, "n_frames": 5}]
+    figures.plot_learning_curve(measured, tmp_path / "learning_curve.png")
     for name in figures.FIGURES:
         assert _drawn(tmp_path / name), name
     page = figures.write_html(tmp_path, {"workflow_id": "wf<1>", "iterations": rows}, list(figures.FIGURES)).read_text()
@@ -66,3 +69,13 @@ def test_progress_lines_once_per_step_with_frames_so_far():
     assert step_events(steps, seen) == [
         "[iteration 1] model-devi succeeded; frames relabeled so far: 10",
         "[iteration 1] run-train-0001 failed (2 done); frames relabeled so far: 10"]
+
+
+def test_measured_errors_count_the_frames_relabeled_before_each_measurement():
+    from dflow_simplify.workflows.report import measured_errors
+
+    probe = {"rmse_e_per_atom": 0.05, "rmse_f": 0.1, "n_frames": 5}
+    rows = [{"iteration": 0, "n_relabeled": 15, "probe_error": None}, {"iteration": 1, "n_relabeled": 25, "probe_error": probe},
+            {"iteration": 2, "n_relabeled": 0, "probe_error": dict(probe, rmse_e_per_atom=0.01)}]
+    got = measured_errors(rows)
+    assert [(m["iteration"], m["relabeled_before"], m["rmse_e_per_atom"]) for m in got] == [(1, 15, 0.05), (2, 40, 0.01)]
