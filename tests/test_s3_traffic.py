@@ -113,10 +113,10 @@ def test_an_iteration_moves_the_picks_and_models_not_pick_data(s3_run, example):
 
 KINDS = {"pick_data": "pick_data", **dict.fromkeys(("model", "models", "init_model", "init_models", "checkpoint",
                                                    "checkpoints"), "models"),
-         **dict.fromkeys(("frames", "labeled_data", "iter_data", "new_data", "dataset", "init_data", "fp_inputs"),
-                         "frames"),
+         **dict.fromkeys(("frames", "labeled_data", "iter_data", "new_data", "dataset", "init_data", "fp_inputs",
+                          "probe_data"), "frames"),
          **dict.fromkeys(("state", "model_devi", "picked", "report", "failures", "fp_failures", "task_paths",
-                          "task_path", "lcurve", "log", "fp_files", "summary"), "index")}
+                          "task_path", "lcurve", "log", "fp_files", "summary", "devi_summary"), "index")}
 
 
 def test_download_gives_the_local_layout(s3_run, tmp_path):
