@@ -23,7 +23,7 @@ from typing import List
 import numpy as np
 from dflow.python import OP, OPIO, Artifact, OPIOSign, Parameter
 
-from .data import LoopState, find_systems, iter_frames, pick_data_roots
+from .data import LoopState, find_systems, group_ids, iter_frames, pick_data_roots
 from .selection import CANDIDATE, classify, trust_from_params
 
 COLUMNS = ("max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f", "avg_devi_f", "devi_e")
@@ -239,11 +239,8 @@ class ModelDevi(OP):
                                   true_error=bool(trust and trust.uses_true_error))
         if p.get("select_style") == "diverse" and devi.keys:
             labels = classify(devi.quantities(), trust)
-            cands = [k for k, lab in zip(devi.keys, labels) if lab == CANDIDATE]
-            ids: dict[str, list[int]] = {}
-            for k, f in cands:
-                ids.setdefault(k, []).append(f)
-            devi.features = descriptor_features(models[0], roots, ids, ip["type_map"], ip["batch_size"])
+            cands = group_ids([k for k, lab in zip(devi.keys, labels) if lab == CANDIDATE])
+            devi.features = descriptor_features(models[0], roots, cands, ip["type_map"], ip["batch_size"])
         write_model_devi("model_devi.npz", devi)
         summary = {c: {"min": float(devi.values[:, j].min()), "median": float(np.median(devi.values[:, j])),
                        "max": float(devi.values[:, j].max())} for j, c in enumerate(COLUMNS) if len(devi.keys)}
