@@ -1,9 +1,9 @@
-"""The frame index: stable frame ids over `pick_data`, the loop state, reading frames by id.
+"""The frame index: stable frame ids over `pick_data`, reading and extracting frames by id.
 
 `pick_data` is never copied or rewritten. It is a list of roots (directories or HDF5 files);
 each root holds one or more deepmd systems. A system is named ``"<root index>/<path in root>"``
-(``"<root index>/<file>#<group>"`` for HDF5), a frame by ``(system, index)``. Iterations only pass
-the small :class:`LoopState` JSON and the relabeled frames.
+(``"<root index>/<file>#<group>"`` for HDF5; :class:`loop_state.SystemKey`), a frame by ``(system, index)``.
+Iterations only pass the small loop state JSON (loop_state.py) and the relabeled frames.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from __future__ import annotations
 import glob
 import json
 import os
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dpdata
+from dflow.python import FatalError
 import numpy as np
+
+from .loop_state import SystemKey
 
 H5_SUFFIXES = (".h5", ".hdf5")
 
@@ -65,13 +67,12 @@ def find_systems(root: str) -> list[str]:
 
 def system_location(roots: list[str], key: str) -> tuple[str, str]:
     """(path for dpdata, dpdata format) of a system key over the given roots."""
-    idx, rel = key.split("/", 1)
-    root = str(roots[int(idx)])
-    if "#" in rel:
-        file_part, group = rel.split("#", 1)
-        path = root if file_part == "" else os.path.join(root, file_part)
-        return f"{os.path.normpath(path)}#{group or '/'}", "deepmd/hdf5"
-    return os.path.normpath(os.path.join(root, rel)), "deepmd/npy"
+    k = SystemKey.parse(key)
+    root = str(roots[k.root])
+    if k.group is not None:
+        path = root if k.path == "" else os.path.join(root, k.path)
+        return f"{os.path.normpath(path)}#{k.group or '/'}", "deepmd/hdf5"
+    return os.path.normpath(os.path.join(root, k.path)), "deepmd/npy"
 
 
 def load_system(roots: list[str], key: str, type_map: list[str], labeled: bool) -> dpdata.System:
@@ -95,90 +96,6 @@ def count_frames(roots: list[str], key: str) -> int:
     with h5py.File(file_path, "r") as f:
         g = f[group] if group not in ("", "/") else f
         return sum(g[s]["box.npy"].shape[0] for s in g if s.startswith("set."))
-
-
-@dataclass
-class LoopState:
-    """Which frames of which system are in the pool, picked (relabeled or being so), retired as accurate,
-    or could not be labeled."""
-
-    systems: dict[str, int]  # system key -> number of frames
-    pool: dict[str, list[int]] = field(default_factory=dict)
-    picked: dict[str, list[int]] = field(default_factory=dict)
-    accurate: dict[str, list[int]] = field(default_factory=dict)
-    fp_retry: dict[str, list[int]] = field(default_factory=dict)  # labeling failed once: back in the pool
-    fp_failed: dict[str, list[int]] = field(default_factory=dict)  # labeling failed twice: retired, recorded
-    skipped: dict[str, list[int]] = field(default_factory=dict)  # fp_skip_bad_box: never labeled, recorded
-    probe: dict[str, list[int]] = field(default_factory=dict)  # picked as the probe: held out of the next training
-
-    @classmethod
-    def initial(cls, systems: dict[str, int]) -> "LoopState":
-        return cls(systems=dict(systems), pool={k: list(range(n)) for k, n in systems.items()})
-
-    @staticmethod
-    def count(ids: dict[str, list[int]]) -> int:
-        return sum(len(v) for v in ids.values())
-
-    def dump(self, path: str | os.PathLike) -> None:
-        """JSON; increasing id lists as runs (`{"runs": [[first, last], ...]}`): a pool of millions of frames is
-        a few numbers until selection fragments it, and this file moves through every step."""
-        data = {k: v if k == "systems" else {key: _encode_ids(ids) for key, ids in v.items()}
-                for k, v in self.__dict__.items()}
-        Path(path).write_text(json.dumps(data))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "LoopState":
-        data = json.loads(Path(path).read_text())
-        return cls(**{k: v if k == "systems" else {key: _decode_ids(ids) for key, ids in v.items()}
-                      for k, v in data.items()})
-
-
-def _encode_ids(ids: list[int]):
-    if len(ids) < 2 or any(b <= a for a, b in zip(ids, ids[1:])):
-        return list(ids)  # short, or in an order that matters (picks): as is
-    runs, start = [], ids[0]
-    for a, b in zip(ids, ids[1:]):
-        if b != a + 1:
-            runs.append([start, a])
-            start = b
-    runs.append([start, ids[-1]])
-    return {"runs": runs} if 2 * len(runs) < len(ids) else list(ids)
-
-
-def _decode_ids(value) -> list[int]:
-    if isinstance(value, dict):
-        return [i for first, last in value["runs"] for i in range(first, last + 1)]
-    return list(value)
-
-
-def return_failed_frames(state: LoopState, failures: list[dict]) -> LoopState:
-    """Frames whose labeling failed leave `picked`: back to the pool the first time, retired the second;
-    frames skipped for a bad box are retired at once."""
-    bad_box = {(f["system"], int(f["frame"])) for f in failures if f.get("kind") == "bad_box"}
-    failed = {(f["system"], int(f["frame"])) for f in failures} - bad_box
-    retry_before = set(flatten(state.fp_retry))
-    again = failed & retry_before
-    first = failed - retry_before
-    return replace(
-        state,
-        picked=group_ids([p for p in flatten(state.picked) if p not in failed | bad_box]),
-        pool=group_ids(flatten(state.pool) + sorted(first)),
-        fp_retry=group_ids(sorted((retry_before - again) | first)),
-        fp_failed=group_ids(flatten(state.fp_failed) + sorted(again)),
-        skipped=group_ids(flatten(state.skipped) + sorted(bad_box)),
-        probe=group_ids([p for p in flatten(state.probe) if p not in failed | bad_box]),
-    )
-
-
-def flatten(ids: dict[str, list[int]]) -> list[tuple[str, int]]:
-    return [(k, int(i)) for k in sorted(ids) for i in ids[k]]
-
-
-def group_ids(pairs: list[tuple[str, int]]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for k, i in pairs:
-        out.setdefault(k, []).append(int(i))
-    return {k: sorted(v) for k, v in sorted(out.items())}
 
 
 def write_frame_ids(path: str | os.PathLike, ids: dict[str, list[int]]) -> None:
@@ -234,4 +151,4 @@ def pick_data_roots(artifact, paths) -> list[str]:
         return [str(r) for r in artifact]
     if paths:
         return [str(r) for r in paths]
-    raise ValueError("pick_data: neither the artifact nor pick_data_paths was given")
+    raise FatalError("pick_data: neither the artifact nor pick_data_paths was given")

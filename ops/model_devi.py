@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
-from dflow.python import OP, OPIO, Artifact, OPIOSign, Parameter
+from dflow.python import OP, OPIO, Artifact, FatalError, OPIOSign, Parameter
 
-from .data import LoopState, find_systems, group_ids, iter_frames, pick_data_roots
-from .selection import CANDIDATE, classify, trust_from_params
+from .data import find_systems, iter_frames, pick_data_roots
+from .loop_state import LoopState, group_ids
+from .selection import CANDIDATE, SelectParams, classify, trust_from_params
 
 COLUMNS = ("max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f", "avg_devi_f", "devi_e")
 FEATURE_DIM = 16  # principal components of the descriptor features handed to SelectConfs
@@ -40,11 +41,11 @@ def model_types(models, type_map: list[str]) -> np.ndarray:
     """Index map from our type_map to the models' (they must agree with each other)."""
     tmaps = {tuple(m.get_type_map()) for m in models}
     if len(tmaps) != 1:
-        raise ValueError(f"the models disagree on their type maps: {sorted(tmaps)}")
+        raise FatalError(f"the models disagree on their type maps: {sorted(tmaps)}")
     tm = list(tmaps.pop())
     missing = [t for t in type_map if t not in tm]
     if missing:
-        raise ValueError(f"element(s) {missing} of type_map are unknown to the models (their type_map: {tm})")
+        raise FatalError(f"element(s) {missing} of type_map are unknown to the models (their type_map: {tm})")
     return np.array([tm.index(t) for t in type_map])
 
 
@@ -198,7 +199,7 @@ def read_model_devi(path) -> Deviations:
     z = np.load(path)
     cols = list(z["columns"])
     if cols != list(COLUMNS):
-        raise ValueError(f"{path}: unexpected columns {cols}")
+        raise FatalError(f"{path}: unexpected columns {cols}")
     systems = [str(s) for s in z["systems"]]
     keys = [(systems[s], int(f)) for s, f in zip(z["system"], z["frame"])]
     features = {}
@@ -230,14 +231,14 @@ class ModelDevi(OP):
 
     @OP.exec_sign_check
     def execute(self, ip: OPIO) -> OPIO:
-        p = ip["select_params"]
+        p = SelectParams.from_dict(ip["select_params"]) if ip["select_params"] else None
         state = LoopState.load(ip["state"])
         models = load_models(sorted(ip["models"], key=lambda m: Path(m).name))
         roots = pick_data_roots(ip["pick_data"], ip["pick_data_paths"])
         trust = trust_from_params(p) if p else None
         devi = compute_model_devi(models, roots, state.pool, ip["type_map"], ip["batch_size"],
                                   true_error=bool(trust and trust.uses_true_error))
-        if p.get("select_style") == "diverse" and devi.keys:
+        if p is not None and p.select_style == "diverse" and devi.keys:
             labels = classify(devi.quantities(), trust)
             cands = group_ids([k for k, lab in zip(devi.keys, labels) if lab == CANDIDATE])
             devi.features = descriptor_features(models[0], roots, cands, ip["type_map"], ip["batch_size"])

@@ -16,16 +16,35 @@ import shutil
 from pathlib import Path
 from typing import List
 
-from dflow.python import OP, OPIO, Artifact, OPIOSign
+from dataclasses import dataclass, field
 
-from .data import LoopState, find_systems, flatten, return_failed_frames
+from dflow.python import OP, OPIO, Artifact, FatalError, OPIOSign
+
+from .data import find_systems
+from .loop_state import LoopState, check_ratio_failed, flatten, return_failed_frames
+from .params import OPParams
 
 TASK_PATTERN = "%04d"
 
 
-def make_train_input(template: dict, index: int, iter_index: int, options: dict) -> dict:
+@dataclass(frozen=True)
+class PrepTrainParams(OPParams):
+    """PrepTrain's parameters: how each model's input is made from the template (DP-GEN's keys
+    `pick_seed`, `model_devi_activation_func`, `training_reuse_*`) and the previous FP round's
+    `ratio_failed` limit, which PrepTrain checks as it settles that round."""
+
+    type_map: list
+    seed: int = 0
+    activation_func: list | None = None  # one [descriptor, fitting] pair per model
+    reuse_iter: int | None = None  # from this iteration on, the `reuse` overrides apply
+    reuse: dict = field(default_factory=dict)  # numb_steps, start_lr, start_pref_e, start_pref_f (None: keep)
+    ratio_failed: float | None = None
+
+
+def make_train_input(template: dict, index: int, iter_index: int, options: PrepTrainParams | dict) -> dict:
     """The deepmd-kit input of model `index`: own seeds, DP-GEN's per-model activation functions and,
     from iteration `training_reuse_iter` on, DP-GEN's `training_reuse_*` overrides."""
+    options = options if isinstance(options, dict) else options.as_dict()
     jinput = copy.deepcopy(template)
     model = jinput.setdefault("model", {})
     if options.get("type_map"):
@@ -78,7 +97,7 @@ def gather_iter_data(previous: Path | None, new_groups: list[Path], out: Path, i
         frames = group_frames(group)
         held_out = probe_out is not None and bool(frames) and frames <= probe
         if frames & probe and not held_out:
-            raise ValueError(f"labeled group {Path(group).name} mixes probe and picked frames")
+            raise FatalError(f"labeled group {Path(group).name} mixes probe and picked frames")
         # RunFP names a group folder after its frames: the training set does not depend on slice order
         target = probe_out if held_out else out
         shutil.copytree(group, target / ("iter-%06d" % (iter_index - 1)) / Path(group).name, dirs_exist_ok=True)
@@ -92,20 +111,6 @@ def fp_round_outcome(new_groups: list[Path], failure_files: list[Path]) -> tuple
     failures = [f for p in failure_files or [] if p is not None and Path(p).is_file()
                 for f in json.loads(Path(p).read_text())]
     return labeled, failures
-
-
-def check_ratio_failed(n_labeled: int, failures: list[dict], ratio_failed: float | None) -> None:
-    """DP-GEN's `ratio_failed`: stop when too large a share of the round's FP tasks failed
-    (frames skipped for a bad box were never tasks)."""
-    failures = [f for f in failures if f.get("kind") != "bad_box"]
-    n = n_labeled + len(failures)
-    if ratio_failed is None or n == 0 or len(failures) / n <= ratio_failed:
-        return
-    first = failures[0]
-    raise RuntimeError(
-        f"{len(failures)} of {n} FP tasks failed ({len(failures) / n:.0%}), more than ratio_failed = {ratio_failed}. "
-        f"First: system {first['system']} frame {first['frame']} ({first['engine']}): {first['reason']}. "
-        "Every failure is listed in the RunFP steps' failures.json.")
 
 
 class PrepTrain(OP):
@@ -132,20 +137,21 @@ class PrepTrain(OP):
 
     @OP.exec_sign_check
     def execute(self, ip: OPIO) -> OPIO:
+        options = PrepTrainParams.from_dict(ip["options"])
         n_labeled, failures = fp_round_outcome(ip["new_data"], ip["fp_failures"])
-        check_ratio_failed(n_labeled, failures, ip["options"].get("ratio_failed"))
+        check_ratio_failed(n_labeled, failures, options.ratio_failed)
         state = return_failed_frames(LoopState.load(ip["state"]), failures)
         state.dump("state.json")
         n = gather_iter_data(ip["iter_data"], ip["new_data"], Path("iter_data"), ip["iter_index"],
                              probe=set(flatten(state.probe)), previous_probe=ip["probe_data"],
                              probe_out=Path("probe_data"))
         if n == 0:
-            raise RuntimeError("no relabeled frame to train on: every frame of iteration 0 failed to label")
+            raise FatalError("no relabeled frame to train on: every frame of iteration 0 failed to label")
         names, paths = [], []
         for i in range(ip["numb_models"]):
             task = Path("task." + TASK_PATTERN % i)
             task.mkdir(exist_ok=True)
-            jinput = make_train_input(ip["template"], i, ip["iter_index"], ip["options"])
+            jinput = make_train_input(ip["template"], i, ip["iter_index"], options)
             (task / "input.json").write_text(json.dumps(jinput, indent=2))
             names.append(TASK_PATTERN % i)
             paths.append(task)

@@ -16,16 +16,39 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from dflow.python import OP, OPIO, Artifact, OPIOSign
+from dataclasses import dataclass, field
+
+from dflow.python import OP, OPIO, Artifact, FatalError, OPIOSign, TransientError
 
 from .data import find_systems
+from .params import OPParams
 
 BACKENDS = {
     # flag, checkpoint files to keep, init-model argument inside a checkpoint dir, frozen model name
     "tensorflow": ("--tf", ["checkpoint", "model.ckpt.*"], "model.ckpt", "graph.pb"),
     "pytorch": ("--pt", ["checkpoint", "model.ckpt*.pt"], "model.ckpt.pt", "graph.pth"),
 }
+INIT_MODES = ("init_model", "init_frz_model", "finetune", "scratch")
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "DP_INTRA_OP_PARALLELISM_THREADS": "1", "DP_INTER_OP_PARALLELISM_THREADS": "1"}
+
+
+@dataclass(frozen=True)
+class TrainConfig(OPParams):
+    """RunTrain's parameters (DP-GEN's `train_backend`, `sys_batch_size`, `init_batch_size`,
+    `dp_train_skip_neighbor_stat`; `step_configs.run_train.envs`); `init_mode` as in this module's doc."""
+
+    backend: str
+    init_mode: str
+    sys_batch_size: object = "auto"
+    init_batch_size: object = "auto"
+    skip_neighbor_stat: bool = False
+    envs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise FatalError(f"train_backend: expected one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.init_mode not in INIT_MODES:
+            raise FatalError(f"init_mode: expected one of {list(INIT_MODES)}, got {self.init_mode!r}")
 
 
 def system_paths(root: str | os.PathLike) -> list[str]:
@@ -89,7 +112,7 @@ def train_command(backend: str, init_mode: str, init_model: Optional[Path], skip
     elif init_mode == "finetune":
         cmd += ["--finetune", str(init_model)]
     elif init_mode != "scratch":
-        raise ValueError(f"unknown init mode {init_mode!r}")
+        raise FatalError(f"unknown init mode {init_mode!r}")
     if skip_neighbor_stat:
         cmd.append("--skip-neighbor-stat")
     return cmd
@@ -108,7 +131,9 @@ def run_dp_train(workdir: Path, backend: str, init_mode: str, init_model: Option
             ret = subprocess.run(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=run_env)
             if ret.returncode != 0:
                 tail = "".join((workdir / "train.log").read_text().splitlines(keepends=True)[-20:])
-                raise RuntimeError(f"`{' '.join(cmd)}` failed with exit code {ret.returncode}:\n{tail}")
+                # killed by a signal (OOM, a preempted node): worth a retry; an error exit is not
+                error = TransientError if ret.returncode < 0 else FatalError
+                raise error(f"`{' '.join(cmd)}` failed with exit code {ret.returncode}:\n{tail}")
     ckpt = workdir / "checkpoint_files"
     ckpt.mkdir(exist_ok=True)
     for pattern in keep:
@@ -137,18 +162,17 @@ class RunTrain(OP):
 
     @OP.exec_sign_check
     def execute(self, ip: OPIO) -> OPIO:
-        cfg = ip["config"]
+        cfg = TrainConfig.from_dict(ip["config"])
         work = Path(ip["task_name"])
         shutil.copytree(ip["task_path"], work, dirs_exist_ok=True)
         jinput = json.loads((work / "input.json").read_text())
         init_systems = [s for p in (ip["init_data"] or []) for s in system_paths(Path(p).resolve())]
         iter_systems = system_paths(Path(ip["iter_data"]).resolve())
-        set_training_data(jinput, iter_systems, init_systems, cfg.get("sys_batch_size"), cfg.get("init_batch_size"))
+        set_training_data(jinput, iter_systems, init_systems, cfg.sys_batch_size, cfg.init_batch_size)
         (work / "input.json").write_text(json.dumps(jinput, indent=2))
         init_model = Path(ip["init_model"]).resolve()
-        if init_model.is_dir() and cfg["init_mode"] in ("init_frz_model", "finetune"):
+        if init_model.is_dir() and cfg.init_mode in ("init_frz_model", "finetune"):
             files = sorted(p for p in init_model.iterdir() if p.is_file())
             init_model = files[0]
-        out = run_dp_train(work, cfg["backend"], cfg["init_mode"], init_model, cfg.get("skip_neighbor_stat", False),
-                           cfg.get("envs"))
+        out = run_dp_train(work, cfg.backend, cfg.init_mode, init_model, cfg.skip_neighbor_stat, cfg.envs)
         return OPIO(out)

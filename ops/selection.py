@@ -20,6 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from dflow.python import FatalError
+
+from .params import OPParams
 
 FAILED, CANDIDATE, ACCURATE = "failed", "candidate", "accurate"
 NO_LIMIT = 1e10  # DP-GEN's "no limit" for trust levels; anything at or above it is unset
@@ -56,7 +59,7 @@ def classify(values: dict[str, np.ndarray], trust: TrustLevels) -> np.ndarray:
     quantities = [q for q in QUANTITIES if q in ("f", "e") or trust.uses_true_error]
     missing = [q for q in quantities if q not in values]
     if missing:
-        raise ValueError(f"classify: no values for {missing} (true-error levels need the true errors)")
+        raise FatalError(f"classify: no values for {missing} (true-error levels need the true errors)")
     n = len(np.asarray(values["f"]))
     failed = np.zeros(n, bool)
     inside = np.zeros(n, bool)
@@ -123,7 +126,7 @@ def pick(style: str, n: int, score: np.ndarray, rng: np.random.Generator, featur
     m = len(score)
     n = min(int(n), m)
     if style not in STYLES:
-        raise ValueError(f"select_style: unknown style {style!r}; expected one of {STYLES}")
+        raise FatalError(f"select_style: unknown style {style!r}; expected one of {STYLES}")
     if n <= 0:
         return np.zeros(0, int)
     if style == "random":
@@ -131,7 +134,7 @@ def pick(style: str, n: int, score: np.ndarray, rng: np.random.Generator, featur
     if style == "max_devi":
         return pick_max_devi(score, n)
     if features is None or len(features) != m:
-        raise ValueError(f"select_style diverse needs descriptor features for all {m} candidates, "
+        raise FatalError(f"select_style diverse needs descriptor features for all {m} candidates, "
                          f"got {None if features is None else len(features)}")
     return pick_diverse(features, score, n, weight)
 
@@ -153,8 +156,44 @@ def pick_cap(n_candidate: int, n_accurate: int, n_total: int, rules: dict) -> in
     return min(cap, n_candidate)
 
 
-def trust_from_params(p: dict) -> TrustLevels:
-    """The trust levels of SelectConfs' parameters (build.select_parameters)."""
+@dataclass(frozen=True)
+class SelectParams(OPParams):
+    """The parameters of SelectConfs (all) and ModelDevi (trust levels, style), named as DP-GEN's keys
+    without their `model_devi_` prefix; build.select_parameters makes them from the config."""
+
+    f_trust_lo: float
+    f_trust_hi: float
+    init_pick_number: int
+    iter_pick_number: int
+    type_map: list
+    e_trust_lo: float = float("inf")
+    e_trust_hi: float = float("inf")
+    true_error_f_trust_lo: float = float("inf")
+    true_error_f_trust_hi: float = float("inf")
+    true_error_e_trust_lo: float = float("inf")
+    true_error_e_trust_hi: float = float("inf")
+    fp_task_max: int | None = None
+    fp_task_min: int | None = None
+    fp_accurate_threshold: float | None = None
+    fp_accurate_soft_threshold: float | None = None
+    select_style: str = "random"
+    select_devi_weight: float = 0.0
+    probe_number: int = 0
+    conv_e_rmse: float | None = None
+    conv_f_rmse: float | None = None
+    seed: int = 0
+    stop_iter: int | None = None
+    group_size: int = 10  # frames per RunFP task
+    keep_labels: bool = False  # extract pick_data's labels with the frames (fp_style none)
+
+    def rules(self, pick_number: int) -> dict:
+        """The selection rules of one round (loop_state.select): these parameters and its pick number."""
+        return dict(self.as_dict(), pick_number=pick_number)
+
+
+def trust_from_params(p: SelectParams | dict) -> TrustLevels:
+    """The trust levels of SelectConfs' parameters."""
+    p = p if isinstance(p, dict) else p.as_dict()
     return TrustLevels(p["f_trust_lo"], p["f_trust_hi"], p["e_trust_lo"], p["e_trust_hi"],
                        p.get("true_error_f_trust_lo", float("inf")), p.get("true_error_f_trust_hi", float("inf")),
                        p.get("true_error_e_trust_lo", float("inf")), p.get("true_error_e_trust_hi", float("inf")))

@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,22 @@ def example() -> Path:
     """The Ag-Au example with its data and four original models (trained once, ~2 min)."""
     subprocess.run([sys.executable, str(EXAMPLE / "make_example.py")], check=True)
     return EXAMPLE
+
+
+@pytest.fixture(scope="session")
+def example_inputs(tmp_path_factory) -> Path:
+    """The Ag-Au example's config and data with stand-ins for its models (an empty checkpoint file per
+    model folder), for tests that only validate, render or submit the config: seconds, no training."""
+    subprocess.run([sys.executable, str(EXAMPLE / "make_example.py"), "--data-only"], check=True,
+                   capture_output=True)
+    folder = tmp_path_factory.mktemp("example-inputs")
+    shutil.copy(EXAMPLE / "config.json", folder / "config.json")
+    (folder / "data").symlink_to(EXAMPLE / "data")
+    for i in range(4):
+        model = folder / "models" / ("%03d" % i)
+        model.mkdir(parents=True)
+        (model / "model.ckpt.index").write_text("")
+    return folder
 
 
 def run_cli(args, **kw):

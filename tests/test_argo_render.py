@@ -19,6 +19,12 @@ from .conftest import run_cli
 ACCESS, SECRET, TOKEN = "AKIA-RENDER-TEST-ACCESS", "render-test-secret-9f3b1c", "render-test-token-4d2e"
 
 
+@pytest.fixture(scope="session")
+def example(example_inputs):
+    """This module needs the example's config and data only: stand-in models, no training."""
+    return example_inputs
+
+
 def strict_schema() -> dict:
     schema = HeraWorkflow.model_json_schema(by_alias=True)
 

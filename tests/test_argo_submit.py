@@ -19,6 +19,12 @@ ACCESS, SECRET, TOKEN = "AKIA-CONTRACT-ACCESS", "contract-secret-5e1d0a", "contr
 BUCKET = "simplify-test"
 
 
+@pytest.fixture(scope="session")
+def example(example_inputs):
+    """This module needs the example's config and data only: stand-in models, no training."""
+    return example_inputs
+
+
 @pytest.fixture(scope="module")
 def servers():
     s3, argo = MotoS3(BUCKET), ArgoRecorder()

@@ -13,6 +13,12 @@ from dflow_simplify.workflows.config import ConfigError, load_config, validate
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(scope="session")
+def example(example_inputs):
+    """This module needs the example's config and data only: stand-in models, no training."""
+    return example_inputs
+
+
 def _mapbi3(tmp_path, **changes) -> Path:
     shutil.copytree(DATA / "mapbi3", tmp_path / "mapbi3")
     cfg_path = tmp_path / "mapbi3" / "simplify_example" / "simplify.json"
@@ -125,7 +131,7 @@ def test_dpgen_true_error_keys_are_accepted_as_is_in_labeled_mode(tmp_path):
 
     path = _mapbi3(tmp_path, labeled=True, true_error_f_trust_lo=0.1, true_error_f_trust_hi=0.5,
                    true_error_e_trust_lo=0.01)
-    p = select_parameters(load_config(path))
+    p = select_parameters(load_config(path)).as_dict()
     assert (p["true_error_f_trust_lo"], p["true_error_f_trust_hi"], p["true_error_e_trust_lo"]) == (0.1, 0.5, 0.01)
     assert p["true_error_e_trust_hi"] == 1e10 and p["select_style"] == "random" and p["probe_number"] == 0
     assert p["conv_e_rmse"] is None and p["conv_f_rmse"] is None

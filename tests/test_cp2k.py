@@ -25,8 +25,9 @@ from dflow_simplify.ops.run_fp import RunFP
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ag-au-cp2k"
 R_CUTOFF = 12.0  # Angstrom, CP2K's D3 R_CUTOFF; its pair cutoff is 2 * R_CUTOFF
 
-pytestmark = pytest.mark.skipif(shutil.which("cp2k.psmp") is None and not os.environ.get("CI"),
-                                reason="CP2K not installed (scripts/setup.sh installs Debian's cp2k)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("cp2k.psmp") is None and not os.environ.get("CI"),
+                                reason="CP2K not installed (scripts/setup.sh installs Debian's cp2k)")]
 
 
 def cp2k_input(d3: bool) -> dict:

@@ -13,15 +13,21 @@ from pathlib import Path
 import dpdata
 import numpy as np
 import pytest
+from dflow.python import FatalError
 
 from dflow_simplify.ops.fp.base import FPTaskError, get_engine
 from dflow_simplify.ops.fp.cp2k import input_from_dict, insert_structure, parse_output
-from dflow_simplify.ops.data import LoopState, return_failed_frames
-from dflow_simplify.ops.prep_train import check_ratio_failed
+from dflow_simplify.ops.loop_state import LoopState, check_ratio_failed, return_failed_frames
 from dflow_simplify.ops.run_fp import label_frames
 from dflow_simplify.workflows.config import ConfigError, validate
 
 FP = Path(__file__).parent / "data" / "fp"
+
+
+@pytest.fixture(scope="session")
+def example(example_inputs):
+    """This module needs the example's config and data only: stand-in models, no training."""
+    return example_inputs
 
 
 def replay(*outputs: Path) -> str:
@@ -179,7 +185,7 @@ def test_bad_box_is_skipped_and_recorded_not_labeled(tmp_path):
     state = return_failed_frames(LoopState(systems={"0/sys": 2}, picked={"0/sys": [0, 1]}), failures)
     assert state.skipped == {"0/sys": [1]} and state.pool == {"0/sys": [0]} and state.picked == {}
     check_ratio_failed(1, [f for f in failures if f["kind"] == "bad_box"], ratio_failed=0.0)
-    with pytest.raises(RuntimeError, match="1 of 1 FP tasks failed"):
+    with pytest.raises(FatalError, match="1 of 1 FP tasks failed"):
         check_ratio_failed(0, failures, ratio_failed=0.5)
 
 

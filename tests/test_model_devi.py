@@ -2,12 +2,16 @@
 error as deepmd-kit's `--real_error` computes it; descriptor features for the candidates."""
 
 import numpy as np
+import pytest
 
-from dflow_simplify.ops.data import LoopState, find_systems, load_system
+from dflow_simplify.ops.data import find_systems, load_system
+from dflow_simplify.ops.loop_state import LoopState
 from dflow_simplify.ops.model_devi import (COLUMNS, compute_model_devi, descriptor_features, load_models,
                                            read_model_devi, write_model_devi)
 
 TYPE_MAP = ["Ag", "Au"]
+
+pytestmark = pytest.mark.slow  # trains or evaluates real models
 
 
 def _setup(example):

@@ -61,6 +61,7 @@ def put_tree(s3: MotoS3, folder: Path, prefix: str) -> None:
             client.upload_file(str(f), BUCKET, prefix + str(f.relative_to(folder)))
 
 
+@pytest.mark.slow  # the example run, real training
 def test_inputs_go_up_once_and_are_read_once(s3_run, example):
     s3, log = s3_run["s3"], s3_run["run_log"]
     up = sum(e[2] for e in log if e[0] == "PUT")
@@ -81,6 +82,7 @@ def _steps(out: Path) -> dict[str, Path]:
     return {p.name: p for p in (out / "work" / wf_id).iterdir() if (p / "inputs").is_dir()}
 
 
+@pytest.mark.slow  # the example run, real training
 def test_an_iteration_moves_the_picks_and_models_not_pick_data(s3_run, example):
     """On Argo each input artifact is fetched and each output stored: sum them per step of iteration 2."""
     out = s3_run["tmp"] / "out"
@@ -119,6 +121,7 @@ KINDS = {"pick_data": "pick_data", **dict.fromkeys(("model", "models", "init_mod
                           "task_path", "lcurve", "log", "fp_files", "summary", "devi_summary"), "index")}
 
 
+@pytest.mark.slow  # the example run, real training
 def test_download_gives_the_local_layout(s3_run, tmp_path):
     out = s3_run["tmp"] / "out"
     proc = run_cli(["download", out, "-o", tmp_path / "dl"])

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from dflow_simplify.ops.data import LoopState
+from dflow_simplify.ops.loop_state import LoopState
 from dflow_simplify.ops.model_devi import COLUMNS, Deviations
-from dflow_simplify.ops.select_confs import select, split_groups
+from dflow_simplify.ops.loop_state import select
+from dflow_simplify.ops.select_confs import split_groups
 from dflow_simplify.ops.selection import CANDIDATE, TrustLevels, classify, pick_cap
 
 TRUST = TrustLevels(f_lo=0.1, f_hi=0.3, e_lo=0.01, e_hi=0.05)

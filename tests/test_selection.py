@@ -5,10 +5,11 @@ import json
 
 import numpy as np
 import pytest
+from dflow.python import FatalError
 
-from dflow_simplify.ops.data import LoopState, flatten
+from dflow_simplify.ops.loop_state import LoopState, flatten
 from dflow_simplify.ops.model_devi import COLUMNS, Deviations
-from dflow_simplify.ops.select_confs import CONVERGED, NOTHING_SELECTED, STOP_ITER, converged, select
+from dflow_simplify.ops.loop_state import CONVERGED, NOTHING_SELECTED, STOP_ITER, converged, select
 from dflow_simplify.ops.selection import (ACCURATE, CANDIDATE, FAILED, TrustLevels, classify, pick, pick_diverse,
                                           pick_max_devi, scores)
 
@@ -41,7 +42,7 @@ def test_true_error_levels_combine_as_in_dpgen():
     assert list(classify(values, trust)) == [ACCURATE, CANDIDATE, FAILED, CANDIDATE, FAILED, FAILED]
     # without true-error levels the true errors are ignored, as DP-GEN's use_true_error switch does
     assert list(classify(values, TrustLevels(f_lo=0.1, f_hi=0.5))) == [ACCURATE] * 3 + [CANDIDATE, FAILED, CANDIDATE]
-    with pytest.raises(ValueError, match="true errors"):
+    with pytest.raises(FatalError, match="true errors"):
         classify({"f": values["f"], "e": values["e"]}, trust)
 
 
@@ -94,9 +95,9 @@ def test_diverse_with_a_deviation_weight_prefers_uncertain_frames_at_equal_sprea
 
 
 def test_pick_refuses_an_unknown_style_and_diverse_without_features():
-    with pytest.raises(ValueError, match="select_style"):
+    with pytest.raises(FatalError, match="select_style"):
         pick("clever", 2, np.ones(3), np.random.default_rng(0))
-    with pytest.raises(ValueError, match="features"):
+    with pytest.raises(FatalError, match="features"):
         pick("diverse", 2, np.ones(3), np.random.default_rng(0))
 
 
@@ -137,7 +138,7 @@ def test_select_diverse_uses_the_candidates_features():
                              dict(RULES, pick_number=3, select_style="diverse"), seed=0)
     keys = flatten(state.pool)
     assert sorted(label[keys.index(p)] for p in flatten(picked)) == [0, 1, 2]
-    with pytest.raises(ValueError, match="features"):
+    with pytest.raises(FatalError, match="features"):
         select(state, _devi(state, np.full(40, 0.5)), TRUST, dict(RULES, select_style="diverse"), seed=0)
 
 
@@ -206,5 +207,5 @@ def test_prep_train_holds_the_probe_out_for_one_iteration(tmp_path):
     gather_iter_data(tmp_path / "it1", [], tmp_path / "it2", 2, previous_probe=tmp_path / "probe1", probe_out=tmp_path / "probe2")
     assert (tmp_path / "it2" / "iter-000000" / "group.b").is_dir() and not any((tmp_path / "probe2").iterdir())
     mixed = _group(tmp_path / "fp", "group.c", [["0/a", 3], ["0/a", 8]])
-    with pytest.raises(ValueError, match="mixes"):
+    with pytest.raises(FatalError, match="mixes"):
         gather_iter_data(None, [mixed], tmp_path / "it3", 1, probe={("0/a", 8)}, probe_out=tmp_path / "probe3")

@@ -8,7 +8,8 @@ import dpdata
 import numpy as np
 import pytest
 
-from dflow_simplify.ops.data import LoopState, find_systems, flatten
+from dflow_simplify.ops.data import find_systems
+from dflow_simplify.ops.loop_state import LoopState, flatten
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow

@@ -8,15 +8,18 @@ from pathlib import Path
 
 from dflow import Step, Workflow
 
-from dflow_simplify.ops.data import LoopState
+from dflow_simplify.ops.loop_state import LoopState
 from dflow_simplify.ops.fp.base import get_engine
+from dflow_simplify.ops.prep_train import PrepTrainParams
+from dflow_simplify.ops.run_train import TrainConfig
 from dflow_simplify.ops.select_confs import iter_name
+from dflow_simplify.ops.selection import SelectParams
 
 from .config import SimplifyConfig
 from .argo import image_registry
 from .inputs import InputStager
 from .step_config import StageSettings
-from .superop import SimplifyIteration, fp_step, select_step
+from .superop import SimplifyIteration, StageOps, fp_step, select_step
 
 LOOP_KEY = iter_name(1) + "--iteration"
 
@@ -33,59 +36,59 @@ class SimplifyWorkflow(Workflow):
         return manifest
 
 
-def loop_parameters(cfg: SimplifyConfig) -> dict:
+def train_config(cfg: SimplifyConfig, init_mode: str) -> TrainConfig:
     j = cfg.jdata
-    sc = j["step_configs"]
-    train = {
-        "backend": j["train_backend"],
-        "init_mode": cfg.init_mode,
-        "sys_batch_size": j["sys_batch_size"],
-        "init_batch_size": j["init_batch_size"],
-        "skip_neighbor_stat": j["dp_train_skip_neighbor_stat"],
-        "envs": sc.get("run_train", {}).get("envs", {}),
-    }
+    return TrainConfig(backend=j["train_backend"], init_mode=init_mode, sys_batch_size=j["sys_batch_size"],
+                       init_batch_size=j["init_batch_size"], skip_neighbor_stat=j["dp_train_skip_neighbor_stat"],
+                       envs=j["step_configs"].get("run_train", {}).get("envs", {}))
+
+
+def prep_train_params(cfg: SimplifyConfig) -> PrepTrainParams:
+    j = cfg.jdata
+    return PrepTrainParams(
+        type_map=j["type_map"], seed=j["pick_seed"], activation_func=j["model_devi_activation_func"],
+        reuse_iter=j["training_reuse_iter"], ratio_failed=j["ratio_failed"],
+        reuse={"numb_steps": j["training_reuse_numb_steps"], "start_lr": j["training_reuse_start_lr"],
+               "start_pref_e": j["training_reuse_start_pref_e"], "start_pref_f": j["training_reuse_start_pref_f"]})
+
+
+def select_parameters(cfg: SimplifyConfig) -> SelectParams:
+    j = cfg.jdata
+    return SelectParams(
+        f_trust_lo=j["model_devi_f_trust_lo"], f_trust_hi=j["model_devi_f_trust_hi"],
+        e_trust_lo=j["model_devi_e_trust_lo"], e_trust_hi=j["model_devi_e_trust_hi"],
+        init_pick_number=j["init_pick_number"], iter_pick_number=j["iter_pick_number"],
+        fp_task_max=j.get("fp_task_max"), fp_task_min=j.get("fp_task_min"),
+        fp_accurate_threshold=j.get("fp_accurate_threshold"),
+        fp_accurate_soft_threshold=j.get("fp_accurate_soft_threshold"),
+        true_error_f_trust_lo=j["true_error_f_trust_lo"], true_error_f_trust_hi=j["true_error_f_trust_hi"],
+        true_error_e_trust_lo=j["true_error_e_trust_lo"], true_error_e_trust_hi=j["true_error_e_trust_hi"],
+        select_style=j["select_style"], select_devi_weight=j["select_devi_weight"],
+        probe_number=j["probe_number"], conv_e_rmse=j["conv_e_rmse"], conv_f_rmse=j["conv_f_rmse"],
+        seed=j["pick_seed"], stop_iter=j.get("stop_iter"),
+        group_size=int(j["step_configs"].get("run_fp", {}).get("group_size") or 10),
+        type_map=j["type_map"], keep_labels=get_engine(cfg.fp_style).needs_input_labels)
+
+
+def loop_parameters(cfg: SimplifyConfig) -> dict:
+    """The loop's input parameters: each OP's parameter object as a dict, and the values several steps share."""
+    j = cfg.jdata
+    next_mode = "init_model" if j["training_init_model"] else "scratch"
     return {
         "iter_index": 1,
         "iter_name": iter_name(1),
         "numb_models": j["numb_models"],
         "train_template": j["default_training_param"],
-        "train_options": {
-            "type_map": j["type_map"],
-            "seed": j["pick_seed"],
-            "activation_func": j["model_devi_activation_func"],
-            "reuse_iter": j["training_reuse_iter"],
-            "ratio_failed": j["ratio_failed"],
-            "reuse": {"numb_steps": j["training_reuse_numb_steps"], "start_lr": j["training_reuse_start_lr"],
-                      "start_pref_e": j["training_reuse_start_pref_e"], "start_pref_f": j["training_reuse_start_pref_f"]},
-        },
-        "train_config": train,
-        "next_train_config": dict(train, init_mode="init_model" if j["training_init_model"] else "scratch"),
-        "select_params": select_parameters(cfg),
+        "train_options": prep_train_params(cfg).as_dict(),
+        "train_config": train_config(cfg, cfg.init_mode).as_dict(),
+        "next_train_config": train_config(cfg, next_mode).as_dict(),
+        "select_params": select_parameters(cfg).as_dict(),
         "type_map": j["type_map"],
         "fp_style": cfg.fp_style,
         "fp_params": j["fp_params"],
         "skip_bad_box": j.get("fp_skip_bad_box") or "",
-        "model_devi_batch_size": int(sc.get("model_devi", {}).get("batch_size", 256)),
+        "model_devi_batch_size": int(j["step_configs"].get("model_devi", {}).get("batch_size", 256)),
         "pick_data_paths": cfg.pick_roots if cfg.pick_volume else [],
-    }
-
-
-def select_parameters(cfg: SimplifyConfig) -> dict:
-    j = cfg.jdata
-    return {
-        "f_trust_lo": j["model_devi_f_trust_lo"], "f_trust_hi": j["model_devi_f_trust_hi"],
-        "e_trust_lo": j["model_devi_e_trust_lo"], "e_trust_hi": j["model_devi_e_trust_hi"],
-        "init_pick_number": j["init_pick_number"], "iter_pick_number": j["iter_pick_number"],
-        "fp_task_max": j.get("fp_task_max"), "fp_task_min": j.get("fp_task_min"),
-        "fp_accurate_threshold": j.get("fp_accurate_threshold"),
-        "fp_accurate_soft_threshold": j.get("fp_accurate_soft_threshold"),
-        "true_error_f_trust_lo": j["true_error_f_trust_lo"], "true_error_f_trust_hi": j["true_error_f_trust_hi"],
-        "true_error_e_trust_lo": j["true_error_e_trust_lo"], "true_error_e_trust_hi": j["true_error_e_trust_hi"],
-        "select_style": j["select_style"], "select_devi_weight": j["select_devi_weight"],
-        "probe_number": j["probe_number"], "conv_e_rmse": j["conv_e_rmse"], "conv_f_rmse": j["conv_f_rmse"],
-        "seed": j["pick_seed"], "stop_iter": j.get("stop_iter"),
-        "group_size": int(j["step_configs"].get("run_fp", {}).get("group_size") or 10),
-        "type_map": j["type_map"], "keep_labels": get_engine(cfg.fp_style).needs_input_labels,
     }
 
 
@@ -108,10 +111,11 @@ def _stage_fp_files(files: dict[str, str], where: Path) -> str:
 
 
 def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLike, workflow_id: str | None = None,
-                   stage=None, token: str | None = None) -> Workflow:
+                   stage=None, token: str | None = None, ops: StageOps = StageOps()) -> Workflow:
     """The whole simplify workflow: iteration 0 (random pick, relabel), then the recursive loop.
     `stage(paths) -> artifact` makes the inputs artifacts (inputs.InputStager; local links by default);
-    `token` is Argo's, given here because it is withheld from dflow's config while OPs are rendered."""
+    `token` is Argo's, given here because it is withheld from dflow's config while OPs are rendered;
+    `ops` the OP class of each stage (the real ones unless a test says otherwise)."""
     to_artifact = stage or InputStager()
     staging = Path(staging_dir)
     staging.mkdir(parents=True, exist_ok=True)
@@ -130,9 +134,9 @@ def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLik
 
     key0 = iter_name(0)
     select0 = select_step("iter0-select-confs", key0, state0, None, pick_data, params["pick_data_paths"],
-                          params["select_params"], 0, tconf)
+                          params["select_params"], 0, tconf, ops=ops)
     fp0 = fp_step("iter0-run-fp", key0, select0, fp_files, params["type_map"], params["fp_style"],
-                  params["fp_params"], params["skip_bad_box"], tconf)
+                  params["fp_params"], params["skip_bad_box"], tconf, ops)
     artifacts = {"state": select0.outputs.artifacts["state"], "init_models": init_models,
                  "new_data": fp0.outputs.artifacts["labeled_data"], "fp_failures": fp0.outputs.artifacts["failures"]}
     if pick_data is not None:
@@ -143,7 +147,7 @@ def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLik
         artifacts["fp_files"] = fp_files
     loop = Step(
         "simplify-loop",
-        template=SimplifyIteration("simplify-iteration", tconf),
+        template=SimplifyIteration("simplify-iteration", tconf, ops),
         parameters=params,
         artifacts=artifacts,
         key=LOOP_KEY,

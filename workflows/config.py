@@ -18,118 +18,15 @@ from dargs import Argument
 
 from dflow_simplify.ops.data import count_frames, expand_roots, find_systems
 from dflow_simplify.ops.fp.bad_box import parse_criteria
-from dflow_simplify.workflows.inputs import is_s3_uri
-from dflow_simplify.workflows.step_config import check_step_configs
 from dflow_simplify.ops.fp.base import ENGINES, get_engine
-from dflow_simplify.ops.selection import NO_LIMIT, STYLES
-
-NUM = [float, int]
-BIG = NO_LIMIT  # DP-GEN's "no limit" for trust levels
-TRUE_ERROR_KEYS = ("true_error_f_trust_lo", "true_error_f_trust_hi", "true_error_e_trust_lo", "true_error_e_trust_hi")
+from dflow_simplify.ops.selection import STYLES
+from dflow_simplify.workflows.inputs import is_s3_uri
+from dflow_simplify.workflows.schema import BIG, IGNORED_KEYS, TRUE_ERROR_KEYS, config_args
+from dflow_simplify.workflows.step_config import check_step_configs
 
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key and what was expected."""
-
-
-def _simplify_args() -> list[Argument]:
-    a = Argument
-    return [
-        # basics and data (dpgen/generator/arginfo.py: basic_args, data_args)
-        a("type_map", list, doc="element names, in the order of the models"),
-        a("mass_map", [list, str], optional=True, default="auto"),
-        a("use_ele_temp", int, optional=True, default=0),
-        a("init_data_prefix", str, optional=True, default=""),
-        a("init_data_sys", list, optional=True, default=[]),
-        a("init_batch_size", [list, str, int], optional=True, default="auto"),
-        a("sys_format", str, optional=True, default="vasp/poscar"),
-        a("sys_configs_prefix", str, optional=True, default=""),
-        a("sys_configs", list, optional=True, default=[]),
-        a("sys_batch_size", [list, str, int], optional=True, default="auto"),
-        # simplify (dpgen/simplify/arginfo.py)
-        a("labeled", bool, optional=True, default=False),
-        a("pick_data", [str, list]),
-        a("init_pick_number", int),
-        a("iter_pick_number", int),
-        a("model_devi_f_trust_lo", NUM, alias=["f_trust_lo"]),
-        a("model_devi_f_trust_hi", NUM, alias=["f_trust_hi"]),
-        a("model_devi_e_trust_lo", NUM, optional=True, default=BIG, alias=["e_trust_lo"]),
-        a("model_devi_e_trust_hi", NUM, optional=True, default=BIG, alias=["e_trust_hi"]),
-        # DP-GEN's true error (dpgen PR #1321): the models' error against pick_data's labels (labeled mode)
-        a("true_error_f_trust_lo", NUM, optional=True, default=BIG,
-          doc="labeled mode: candidate when the true max force error (eV/A) is at or above this (DP-GEN's rule)"),
-        a("true_error_f_trust_hi", NUM, optional=True, default=BIG,
-          doc="labeled mode: failed when the true max force error (eV/A) is at or above this"),
-        a("true_error_e_trust_lo", NUM, optional=True, default=BIG,
-          doc="labeled mode: candidate when the true energy error per atom (eV) is at or above this"),
-        a("true_error_e_trust_hi", NUM, optional=True, default=BIG,
-          doc="labeled mode: failed when the true energy error per atom (eV) is at or above this"),
-        # selection and the stopping rule on measured error
-        a("select_style", str, optional=True, default="random",
-          doc="how candidates are picked: random (DP-GEN's), max_devi (largest deviation or error first, DPGEN2's "
-              "fixed-levels-max-select) or diverse (farthest-point sampling on descriptor features)"),
-        a("select_devi_weight", NUM, optional=True, default=0.0,
-          doc="diverse: multiply each candidate's distance by its score (value / trust lo) to this power"),
-        a("probe_number", int, optional=True, default=0,
-          doc="frames drawn at random each round from all frames not relabeled yet, relabeled and held out of the "
-              "next training to measure the models' new-level error; never selected by deviation"),
-        a("conv_e_rmse", [float, int, type(None)], optional=True, default=None,
-          doc="stop when the probe's energy RMSE (eV/atom) of the current models is at or below this"),
-        a("conv_f_rmse", [float, int, type(None)], optional=True, default=None,
-          doc="stop when the probe's force RMSE (eV/A) of the current models is at or below this"),
-        a("model_devi_activation_func", [list, type(None)], optional=True, default=None),
-        a("model_devi_engine", str, optional=True, default="lammps"),
-        a("pick_seed", int, optional=True, default=0, doc="seed of the random picks (DP-GEN's are unseeded)"),
-        # training (training_args_dp)
-        a("mlp_engine", str, optional=True, default="dp"),
-        a("numb_models", int),
-        a("train_backend", str, optional=True, default="tensorflow"),
-        a("training_iter0_model_path", [list, str], optional=True, default=[]),
-        a("training_init_model", bool, optional=True, default=False),
-        a("training_init_frozen_model", [list, str], optional=True, default=[]),
-        a("training_finetune_model", [list, str], optional=True, default=[]),
-        a("default_training_param", dict),
-        a("dp_train_skip_neighbor_stat", bool, optional=True, default=False),
-        a("dp_compress", bool, optional=True, default=False),
-        a("training_reuse_iter", [int, type(None)], optional=True, default=None),
-        a("training_reuse_old_ratio", [str, float], optional=True, default="auto"),
-        a("training_reuse_numb_steps", [int, type(None)], optional=True, default=None, alias=["training_reuse_stop_batch"]),
-        a("training_reuse_start_lr", [float, type(None)], optional=True, default=None),
-        a("training_reuse_start_pref_e", [float, int, type(None)], optional=True, default=None),
-        a("training_reuse_start_pref_f", [float, int, type(None)], optional=True, default=None),
-        a("srtab_file_path", str, optional=True),
-        a("one_h5", bool, optional=True, default=False),
-        # fp (fp_args and the fp_style variants' keys)
-        a("fp_style", str, optional=True, default="none"),
-        a("fp_params", dict, optional=True, default={}),
-        a("fp_task_max", int, optional=True),
-        a("fp_task_min", int, optional=True),
-        a("fp_accurate_threshold", NUM, optional=True),
-        a("fp_accurate_soft_threshold", NUM, optional=True),
-        a("ratio_failed", NUM, optional=True, default=0.05, doc="largest share of failed FP tasks in a round"),
-        a("fp_skip_bad_box", str, optional=True),
-        a("fp_pp_path", str, optional=True),
-        a("fp_pp_files", list, optional=True),
-        a("fp_incar", str, optional=True),
-        a("fp_aniso_kspacing", list, optional=True),
-        a("cvasp", bool, optional=True),
-        a("user_fp_params", dict, optional=True),
-        a("external_input_path", str, optional=True),
-        a("fp_orb_files", list, optional=True),
-        a("fp_kpt_file", str, optional=True),
-        a("k_points", list, optional=True),
-        a("use_clusters", bool, optional=True),
-        a("cluster_cutoff", NUM, optional=True),
-        a("stop_iter", int, optional=True, doc="stop after this many training iterations"),
-        # workflow settings, DPGEN2's names
-        a("dflow_config", dict, optional=True, default={}),
-        a("dflow_s3_config", dict, optional=True, default={}),
-        a("step_configs", dict, optional=True, default={}),
-    ]
-
-
-def config_args() -> Argument:
-    return Argument("simplify", dict, sub_fields=_simplify_args())
 
 
 @dataclass
@@ -139,7 +36,7 @@ class SimplifyConfig:
     jdata: dict
     base_dir: Path
     pick_roots: list[str] = field(default_factory=list)
-    pick_uri: str | None = None  # pick_data already in the bucket; pick_roots then hold its index files
+    pick_uri: str | None = None  # pick_data already in the bucket; pick_roots then empty
     pick_volume: dict | None = None  # dflow_config.pick_data_volume: the OPs read pick_roots in place
     iter0_items: list[str] | None = None  # model folders under an s3:// iter0_models[0]
     init_items: list[str] | None = None  # systems under an s3:// init_data[0]
@@ -148,6 +45,7 @@ class SimplifyConfig:
     iter0_models: list[str] = field(default_factory=list)
     init_mode: str = "scratch"
     fp_files: dict[str, str] = field(default_factory=dict)  # staged name -> the user's file (POTCARs, templates)
+    warnings: list[str] = field(default_factory=list)  # one line per DP-GEN key accepted but not used
 
     @property
     def fp_style(self) -> str:
@@ -310,22 +208,23 @@ def _s3_listing(key: str, uri: str) -> list[str]:
     return rels
 
 
-def _s3_pick_index(cfg: SimplifyConfig, uris: list[str]) -> str:
-    """pick_data in the bucket: its index files, fetched into a temporary folder that the checks read."""
+def _resolve_pick_data(cfg: SimplifyConfig) -> None:
+    patterns = _as_list(cfg.jdata["pick_data"])
+    if not any(is_s3_uri(p) for p in patterns):
+        _index_pick_data(cfg, patterns)
+        return
     from .inputs import fetch_index
 
-    uri = _s3_ready(cfg, "pick_data", uris)
-    index = tempfile.mkdtemp(prefix="simplify-pick-index-")
-    fetch_index(uri, _s3_listing("pick_data", uri), Path(index))
-    cfg.pick_uri = uri
-    return index
+    # pick_data in the bucket: its index files, in a temporary folder for the checks only
+    cfg.pick_uri = _s3_ready(cfg, "pick_data", patterns)
+    with tempfile.TemporaryDirectory(prefix="simplify-pick-index-") as index:
+        fetch_index(cfg.pick_uri, _s3_listing("pick_data", cfg.pick_uri), Path(index))
+        _index_pick_data(cfg, [index])
+    cfg.pick_roots = []  # nothing local: the OPs read the pick_uri artifact
 
 
-def _resolve_pick_data(cfg: SimplifyConfig) -> None:
-    j = cfg.jdata
-    patterns = _as_list(j["pick_data"])
-    if any(is_s3_uri(p) for p in patterns):
-        patterns = [_s3_pick_index(cfg, patterns)]
+def _index_pick_data(cfg: SimplifyConfig, patterns: list[str]) -> None:
+    """The systems (and their frame counts) of pick_data's roots, each checked."""
     cfg.pick_roots = expand_roots(patterns, cfg.base_dir)
     if not cfg.pick_roots:
         raise ConfigError(f"pick_data: no file or folder matches {patterns} (relative to {cfg.base_dir})")
@@ -472,7 +371,25 @@ def load_config(path: str | os.PathLike) -> SimplifyConfig:
     return validate(raw, path.parent)
 
 
+def ignored_keys(raw: dict) -> list[str]:
+    """One warning line per DP-GEN key of `raw` that is accepted but changes nothing."""
+    return [f"{k}: accepted and ignored ({why})" for k, why in IGNORED_KEYS.items() if k in raw]
+
+
 def validate(raw: dict, base_dir: str | os.PathLike) -> SimplifyConfig:
+    """The validated config. Touches no global setting: dflow's S3 settings, needed to list an s3:// input,
+    are restored before it returns."""
+    from dflow import s3_config
+
+    saved = dict(s3_config)
+    try:
+        return _validate(raw, base_dir)
+    finally:
+        s3_config.clear()
+        s3_config.update(saved)
+
+
+def _validate(raw: dict, base_dir: str | os.PathLike) -> SimplifyConfig:
     jdata = normalize(raw)
     _check_numbers(jdata)
     _check_step_configs(jdata)
@@ -482,4 +399,5 @@ def validate(raw: dict, base_dir: str | os.PathLike) -> SimplifyConfig:
     _check_pick_volume(cfg)
     _resolve_init_data(cfg)
     _resolve_models(cfg)
+    cfg.warnings = ignored_keys(raw)
     return cfg

@@ -108,7 +108,7 @@ def write_figures(steps, cfg, output: Path, report: dict) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         devi, lcurves = figure_inputs(steps, Path(tmp))
     if devi:
-        figures.plot_deviation(devi, select_parameters(cfg), output / "deviation.png")
+        figures.plot_deviation(devi, select_parameters(cfg).as_dict(), output / "deviation.png")
         written.append("deviation.png")
     if report["iterations"]:
         figures.plot_counts(report["iterations"], output / "counts.png")
@@ -119,7 +119,7 @@ def write_figures(steps, cfg, output: Path, report: dict) -> list[str]:
     if report.get("measured_error"):
         figures.plot_learning_curve(report["measured_error"], output / "learning_curve.png")
         written.append("learning_curve.png")
-    models = sorted(Path(output, "models").glob("graph.*"))
+    models = sorted(p for p in Path(output, "models").glob("graph.*") if p.suffix in (".pb", ".pth"))
     err = figures.final_errors(models, output / "dataset", cfg.jdata["type_map"]) if models else {}
     if err:
         figures.plot_final_error(err, output / "final_error.png")

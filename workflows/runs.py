@@ -13,28 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .argo import SECRET_CONFIG, SECRET_KEYS
+from .record import RECORD, RunRecord
 
-RECORD = "workflow.json"
 DONE = ("Succeeded", "Failed", "Error", "Terminated", "Stopped")
-
-
-@dataclass
-class RunRecord:
-    workflow_id: str
-    config_digest: str
-    mode: str = "local"  # or "argo"
-    config: str | None = None  # absolute path of the config the run was made from
-    host: str | None = None
-    namespace: str | None = None
-    debug_s3: bool = False  # a local run with its inputs in S3 (DFLOW_DEBUG_S3)
-
-    def save(self, output: Path) -> None:
-        Path(output, RECORD).write_text(json.dumps(asdict(self), indent=1))
-
-    @classmethod
-    def load(cls, output: Path) -> "RunRecord":
-        data = json.loads(Path(output, RECORD).read_text())
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 class RunError(RuntimeError):
@@ -50,42 +32,65 @@ class Run:
     wf: object
 
 
-def attach(run_id: str, config_path: str | None = None) -> Run:
-    """Resolve `run_id`, set dflow's mode for it, and return a Workflow handle (no step is built)."""
+def attach(run_id: str, config_path: str | None = None, needs_config: bool = True) -> Run:
+    """Resolve `run_id`, set dflow's mode for it, and return a Workflow handle (no step is built).
+    The record carries the settings: the config is loaded (and validated) only when `needs_config`
+    (download, resubmit), when it is given with --config, or for an Argo id without a record."""
     from dflow import Workflow
 
     folder = Path(run_id)
     if (folder / RECORD).exists():
         record = RunRecord.load(folder)
+        needs_config = needs_config or bool(config_path) or (record.mode != "local" and not record.dflow_config)
         config_path = config_path or record.config
     elif config_path:
         record = RunRecord(workflow_id=run_id, config_digest="", mode="argo")
-        folder = None
+        folder, needs_config = None, True
     else:
         raise RunError(f"{run_id}: neither a run's output folder (no {RECORD} in it) nor an Argo workflow id "
                        f"given with --config CONFIG (for the Argo and S3 settings)")
-    if not config_path or not Path(config_path).exists():
-        raise RunError(f"{run_id}: the run's config {config_path!r} is not there; give it with --config")
     if record.debug_s3:  # as the run was made: its inputs (an s3:// pick_data too) are in S3
         from dflow import config as dflow_config
 
         dflow_config["debug_s3"] = True
-    try:
-        cfg = load_config(Path(config_path))
-    except ConfigError as e:
-        raise RunError(str(e)) from e
+    cfg = None
+    if needs_config:
+        if not config_path or not Path(config_path).exists():
+            raise RunError(f"{run_id}: the run's config {config_path!r} is not there; give it with --config")
+        try:
+            cfg = load_config(Path(config_path))
+        except ConfigError as e:
+            raise RunError(str(e)) from e
     if record.mode == "local":
-        from .cli import set_local_mode
+        from .submit import set_local_mode
 
         set_local_mode(folder / "work")
     else:
         from .argo import ArgoSettingsError, set_argo_mode
 
+        if cfg:
+            argo_conf, s3_conf = cfg.jdata["dflow_config"], cfg.jdata["dflow_s3_config"]
+        else:
+            argo_conf, s3_conf = record_settings(record)
         try:
-            set_argo_mode(cfg.jdata["dflow_config"], cfg.jdata["dflow_s3_config"])
+            set_argo_mode(argo_conf, s3_conf)
         except ArgoSettingsError as e:
             raise RunError(str(e)) from e
     return Run(record, folder, cfg, Workflow(id=record.workflow_id))
+
+
+def record_settings(record: RunRecord) -> tuple[dict, dict]:
+    """The Argo and S3 settings of a record, with the secrets (token, S3 keys) the config file gives, if it
+    still exists (read, not validated: its inputs may have moved); DFLOW_* variables give them otherwise."""
+    argo_conf, s3_conf = dict(record.dflow_config), dict(record.dflow_s3_config)
+    if record.config and Path(record.config).is_file():
+        try:
+            raw = json.loads(Path(record.config).read_text())
+        except ValueError:
+            raw = {}
+        argo_conf.update({k: v for k, v in (raw.get("dflow_config") or {}).items() if k in SECRET_CONFIG})
+        s3_conf.update({k: v for k, v in (raw.get("dflow_s3_config") or {}).items() if k in SECRET_KEYS})
+    return argo_conf, s3_conf
 
 
 def _status(run: Run) -> str:
@@ -138,7 +143,7 @@ def watch(run: Run, interval: float = 5.0) -> int:
     from .report import ITER_COLUMNS, iteration_rows
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    task = progress.add_task("frames relabeled", total=run.cfg.n_frames)
+    task = progress.add_task("frames relabeled", total=run.cfg.n_frames if run.cfg else run.record.n_frames)
 
     def view(st: str, rows: list[dict], running: list[str]):
         table = Table(title=f"{run.record.workflow_id}: {st}")
@@ -203,16 +208,11 @@ def delete(run: Run) -> int:
     return 0
 
 
-def reusable_steps(wf) -> list:
-    """Every finished step with a key: a resubmitted workflow takes their outputs instead of running them."""
-    return [s for s in wf.query_step() if getattr(s, "key", None) and s.phase == "Succeeded"]
-
-
 def run_command(name: str, run_id: str, config: str | None, output: str | None) -> int:
     from .argo import ArgoSettingsError
 
     try:
-        run = attach(run_id, config)
+        run = attach(run_id, config, needs_config=name in ("download", "resubmit"))
         if name == "status":
             return status(run)
         if name == "watch":
@@ -224,7 +224,7 @@ def run_command(name: str, run_id: str, config: str | None, output: str | None) 
         if name == "delete":
             return delete(run)
         if name == "resubmit":
-            from .cli import resubmit
+            from .submit import resubmit
 
             return resubmit(run)
     except (RunError, ArgoSettingsError) as e:

@@ -8,8 +8,11 @@ or resubmitted workflow reuses every finished step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Type
+
 from dflow import InputArtifact, InputParameter, OutputArtifact, Step, Steps, argo_len, argo_sequence, if_expression
-from dflow.python import PythonOPTemplate, Slices
+from dflow.python import OP, PythonOPTemplate, Slices
 
 from dflow_simplify.ops.model_devi import ModelDevi
 from dflow_simplify.ops.prep_train import PrepTrain
@@ -20,19 +23,31 @@ from dflow_simplify.ops.select_confs import SelectConfs
 from .step_config import StageSettings
 
 
+@dataclass(frozen=True)
+class StageOps:
+    """The OP class of each stage (DPGEN2's `prep_train_op: Type[OP]` and alike): the real ones by default,
+    others (tests/fake_ops.py) where a test drives the loop without training."""
+
+    prep_train: Type[OP] = PrepTrain
+    run_train: Type[OP] = RunTrain
+    model_devi: Type[OP] = ModelDevi
+    select_confs: Type[OP] = SelectConfs
+    run_fp: Type[OP] = RunFP
+
+
 LOOP_PARAMETERS = ("iter_index", "iter_name", "numb_models", "train_template", "train_options", "train_config",
                    "next_train_config", "select_params", "type_map", "fp_style", "fp_params", "skip_bad_box",
                    "model_devi_batch_size", "pick_data_paths")
 
 
 def fp_step(name: str, key_prefix: str, select: Step, fp_files, type_map, fp_style, fp_params,
-            skip_bad_box, settings: StageSettings) -> Step:
+            skip_bad_box, settings: StageSettings, ops: StageOps = StageOps()) -> Step:
     """RunFP sliced over the groups of frames select-confs picked (and extracted); runs only when the loop
     goes on."""
     return Step(
         name,
         template=PythonOPTemplate(
-            RunFP,
+            ops.run_fp,
             slices=Slices("int('{{item}}')", input_artifact=["frames"],
                           output_artifact=["labeled_data", "failures"],
                           output_parameter=["n_labeled", "n_failed", "n_skipped"]),
@@ -49,7 +64,7 @@ def fp_step(name: str, key_prefix: str, select: Step, fp_files, type_map, fp_sty
 
 
 def select_step(name: str, key_prefix: str, state, model_devi, pick_data, pick_data_paths, select_params, iter_index,
-                settings: StageSettings, devi_summary=None) -> Step:
+                settings: StageSettings, devi_summary=None, ops: StageOps = StageOps()) -> Step:
     """SelectConfs; pick_data as an artifact, or (None) read in place at `pick_data_paths` (a mounted volume)."""
     artifacts = {"state": state}
     if pick_data is not None:
@@ -60,7 +75,7 @@ def select_step(name: str, key_prefix: str, state, model_devi, pick_data, pick_d
         artifacts["devi_summary"] = devi_summary
     return Step(
         name,
-        template=PythonOPTemplate(SelectConfs, **settings.template("select_confs")),
+        template=PythonOPTemplate(ops.select_confs, **settings.template("select_confs")),
         parameters={"select_params": select_params, "iter_index": iter_index, "pick_data_paths": pick_data_paths},
         artifacts=artifacts,
         key=f"{key_prefix}--select-confs",
@@ -70,7 +85,7 @@ def select_step(name: str, key_prefix: str, state, model_devi, pick_data, pick_d
 class SimplifyIteration(Steps):
     """One training iteration of simplify, recursing into the next one while frames are selected."""
 
-    def __init__(self, name: str, settings: StageSettings):
+    def __init__(self, name: str, settings: StageSettings, ops: StageOps = StageOps()):
         super().__init__(name)
         for p in LOOP_PARAMETERS:
             self.inputs.parameters[p] = InputParameter()
@@ -81,15 +96,15 @@ class SimplifyIteration(Steps):
             self.inputs.artifacts[a] = InputArtifact(optional=True)
         for a in ("models", "checkpoints", "dataset", "probe_data"):
             self.outputs.artifacts[a] = OutputArtifact()
-        self._build(settings)
+        self._build(settings, ops)
 
-    def _build(self, settings: StageSettings) -> None:
+    def _build(self, settings: StageSettings, ops: StageOps) -> None:
         par, art = self.inputs.parameters, self.inputs.artifacts
         pick_data = art["pick_data"] if "pick_data" in art else None
         key = str(par["iter_name"])
         prep = Step(
             "prep-train",
-            template=PythonOPTemplate(PrepTrain, **settings.template("prep_train")),
+            template=PythonOPTemplate(ops.prep_train, **settings.template("prep_train")),
             parameters={"template": par["train_template"], "numb_models": par["numb_models"],
                         "iter_index": par["iter_index"], "options": par["train_options"]},
             artifacts={"state": art["state"], "iter_data": art["iter_data"], "new_data": art["new_data"],
@@ -100,7 +115,7 @@ class SimplifyIteration(Steps):
         train = Step(
             "run-train",
             template=PythonOPTemplate(
-                RunTrain,
+                ops.run_train,
                 slices=Slices("int('{{item}}')", input_parameter=["task_name"],
                               input_artifact=["task_path", "init_model"],
                               output_artifact=["model", "checkpoint", "lcurve", "log"]),
@@ -116,7 +131,7 @@ class SimplifyIteration(Steps):
         self.add(train)
         devi = Step(
             "model-devi",
-            template=PythonOPTemplate(ModelDevi, **settings.template("model_devi")),
+            template=PythonOPTemplate(ops.model_devi, **settings.template("model_devi")),
             parameters={"type_map": par["type_map"], "batch_size": par["model_devi_batch_size"],
                         "pick_data_paths": par["pick_data_paths"], "select_params": par["select_params"]},
             artifacts={"models": train.outputs.artifacts["model"], "state": prep.outputs.artifacts["state"],
@@ -127,10 +142,10 @@ class SimplifyIteration(Steps):
         self.add(devi)
         select = select_step("select-confs", key, prep.outputs.artifacts["state"], devi.outputs.artifacts["model_devi"],
                              pick_data, par["pick_data_paths"], par["select_params"], par["iter_index"], settings,
-                             devi_summary=devi.outputs.artifacts["summary"])
+                             devi_summary=devi.outputs.artifacts["summary"], ops=ops)
         self.add(select)
         fp = fp_step("run-fp", key, select, art["fp_files"], par["type_map"], par["fp_style"],
-                     par["fp_params"], par["skip_bad_box"], settings)
+                     par["fp_params"], par["skip_bad_box"], settings, ops)
         self.add(fp)
         next_parameters = {p: par[p] for p in LOOP_PARAMETERS}
         next_parameters.update(iter_index=select.outputs.parameters["next_iter_index"],

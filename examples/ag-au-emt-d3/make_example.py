@@ -1,6 +1,7 @@
 """Make the Ag-Au example: EMT-labeled frames (the old level) and four original DeePMD models.
 
     python make_example.py            # data/ and models/ next to this file; skips what exists
+    python make_example.py --data-only  # data/ only (seconds)
 
 data/pick/<formula>/   200 frames, 32-atom fcc Ag-Au cells, strained and rattled, labeled by ASE EMT
 data/holdout/<formula>/ 40 more frames made the same way (never picked), for testing
@@ -85,9 +86,13 @@ def train_model(index: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2, help="models trained at once")
+    parser.add_argument("--data-only", action="store_true", help="make the data, not the models")
     args = parser.parse_args()
     make_data(HERE / "data/pick", 100, seed=2024)
     make_data(HERE / "data/holdout", 20, seed=7)
+    if args.data_only:
+        print("example data ready:", HERE / "data")
+        return
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(train_model, range(4)))
     print("example ready:", HERE)

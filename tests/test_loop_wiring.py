@@ -1,0 +1,158 @@
+"""The real super-OP, driven in dflow's debug mode through several iterations with FAKE training and model
+deviation (tests/fake_ops.py): recursion, the stop conditions, resume, step keys, failed frames, the probe.
+PrepTrain, SelectConfs and RunFP are the real OPs (RunFP in labeled mode, or with ASE's EMT); about 90 s in all."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dpdata
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from dflow_simplify.ops.loop_state import LoopState, flatten
+from tests.conftest import ROOT
+
+TYPE_MAP = ["Ag", "Au"]
+
+
+@pytest.fixture(scope="module")
+def pick_data(tmp_path_factory) -> Path:
+    """Two systems of 4-atom fcc cells, 30 frames each, labeled by EMT (the 'new level' of labeled mode)."""
+    root = tmp_path_factory.mktemp("pick")
+    rng = np.random.default_rng(0)
+    multi = dpdata.MultiSystems(type_map=TYPE_MAP)
+    for n_au in (0, 2):
+        frames = None
+        for _ in range(30):
+            atoms = bulk("Ag", "fcc", a=4.1, cubic=True)
+            atoms.set_chemical_symbols(["Au"] * n_au + ["Ag"] * (4 - n_au))
+            atoms.rattle(stdev=0.05, seed=int(rng.integers(1 << 30)))
+            atoms.calc = EMT()
+            frame = dpdata.LabeledSystem(atoms, fmt="ase/structure", type_map=TYPE_MAP)
+            frames = frame if frames is None else frames + frame
+        multi.append(frames)
+    multi.to_deepmd_npy(str(root), set_size=10**6)
+    return root
+
+
+@pytest.fixture
+def fake_env(tmp_path, monkeypatch) -> Path:
+    """The OPs' subprocesses import tests.fake_ops; each fake execution is logged to the returned file."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    log = tmp_path / "fake-ops.log"
+    monkeypatch.setenv("FAKE_OPS_LOG", str(log))
+    return log
+
+
+def write_config(tmp_path: Path, pick_data: Path, **overrides) -> Path:
+    cfg = {
+        "type_map": TYPE_MAP, "pick_data": str(pick_data), "labeled": True, "numb_models": 2,
+        "init_pick_number": 10, "iter_pick_number": 10,
+        "model_devi_f_trust_lo": 0.05, "model_devi_f_trust_hi": 10.0, "pick_seed": 3,
+        "default_training_param": {
+            "model": {"type_map": TYPE_MAP, "descriptor": {"type": "se_e2_a", "sel": [8, 8], "rcut": 4.0,
+                                                           "rcut_smth": 0.5, "neuron": [4]},
+                      "fitting_net": {"neuron": [4]}},
+            "learning_rate": {"start_lr": 0.001}, "loss": {},
+            "training": {"numb_steps": 1, "training_data": {"batch_size": "auto"}}},
+        "step_configs": {"run_fp": {"group_size": 6}},
+    }
+    cfg.update(overrides)
+    path = tmp_path / "wiring.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def run(tmp_path: Path, pick_data: Path, out: str = "out", env: dict | None = None,
+        **overrides) -> tuple[subprocess.CompletedProcess, Path]:
+    """The loop with the fake stages (tests/run_fake_loop.py), as `submit_simplify.py` runs the real ones."""
+    path = write_config(tmp_path, pick_data, **overrides)
+    output = tmp_path / out
+    proc = subprocess.run([sys.executable, "-m", "tests.run_fake_loop", str(path), str(output)], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return proc, output
+
+
+def step_dirs(output: Path) -> dict[str, Path]:
+    """Step key -> folder of a local run's steps."""
+    (wf_dir,) = [p for p in (output / "work").iterdir() if p.name.startswith("simplify-")]
+    return {p.name: p for p in wf_dir.iterdir() if (p / "phase").exists()}
+
+
+FLAKY = {"labeled": False, "fp_style": "ase", "fp_params": {"calculator": "tests.failing_calculator:FlakyEMT"}}
+
+
+@pytest.fixture(scope="module")
+def flaky_run(pick_data, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, list[str]]:
+    """One loop: labels by an engine failing on about one frame in five (tests/failing_calculator.py), a probe of
+    2 frames per round and a force-error goal the fake probe error (0.5 * exp(-n_train / 8) eV/A) meets in
+    iteration 2, while candidates are left (trust lo 0.02)."""
+    tmp = tmp_path_factory.mktemp("flaky")
+    log = tmp / "fake-ops.log"
+    env = {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "FAKE_OPS_LOG": str(log)}
+    proc, out = run(tmp, pick_data, env=env, ratio_failed=0.6, probe_number=2, conv_f_rmse=0.1,
+                    model_devi_f_trust_lo=0.02, **FLAKY)
+    return proc, out, log.read_text().splitlines()
+
+
+def test_the_loop_recurses_until_the_measured_error_is_met(flaky_run):
+    proc, out, log = flaky_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    its = report["iterations"]
+    assert [it["n_selected"] for it in its] == [10, 10, 0] and report["stopped_by"] == "converged"
+    assert its[-1]["n_candidate"] > 0 and [it["n_probe"] for it in its] == [2, 2, 0]
+    assert report["n_in_dataset"] == report["n_relabeled"] < 24
+    # both models of an iteration train on the same set: all labeled frames but the newest probe
+    trained = [int(ln.split("n_train=")[1]) for ln in log if ln.startswith("run-train")]
+    assert len(trained) == 4 and trained[0] == trained[1] < trained[2] == trained[3]
+    keys = step_dirs(out)
+    for i in (1, 2):
+        assert {f"iter-{i:06d}--prep-train", f"iter-{i:06d}--run-train-0000", f"iter-{i:06d}--run-train-0001",
+                f"iter-{i:06d}--model-devi", f"iter-{i:06d}--select-confs"} <= set(keys)
+    # 10 picks in groups of 6, then the probe's 2 frames in a group of their own
+    assert {"iter-000000--run-fp-000000", "iter-000000--run-fp-000002"} <= set(keys)
+    assert "iter-000000--run-fp-000003" not in keys and "iter-000002--run-fp-000000" not in keys
+    assert len(list((out / "models").iterdir())) == 2
+
+
+def test_failed_labels_go_back_to_the_pool_once_then_retire(flaky_run):
+    proc, out, _ = flaky_run
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_fp_failed"] > 0
+    steps = step_dirs(out)
+    state = LoopState.load(steps["iter-000002--select-confs"] / "outputs" / "artifacts" / "state" / "state.json")
+    retired, retried = set(flatten(state.fp_failed)), set(flatten(state.fp_retry))
+    assert retired | retried and not (retired | retried) & set(flatten(state.picked))
+    failures = [f for p in out.rglob("failures.json") if "outputs" in str(p) for f in json.loads(p.read_text())]
+    assert failures and all("injected failure" in f["reason"] for f in failures)
+
+
+def test_a_failed_run_resumes_reusing_every_finished_step(tmp_path, pick_data, fake_env, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAIN_FAIL_ABOVE", "0")  # iteration 1's training fails
+    proc, out = run(tmp_path, pick_data, stop_iter=1)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "iter-000001--run-train-0000: FatalError: fake training failure" in proc.stderr
+    done = {k: (d / "phase").stat().st_mtime_ns for k, d in step_dirs(out).items()
+            if (d / "phase").read_text().strip() == "Succeeded"}
+    assert {"iter-000000--select-confs", "iter-000000--run-fp-000001", "iter-000001--prep-train"} <= set(done)
+    monkeypatch.delenv("FAKE_TRAIN_FAIL_ABOVE")
+    proc, out = run(tmp_path, pick_data, stop_iter=1)  # the same command again, on the same output folder
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = step_dirs(out)
+    assert {k: (steps[k] / "phase").stat().st_mtime_ns for k in done} == done  # not run again
+    assert fake_env.read_text().splitlines().count("run-train 0000 n_train=10") == 2  # failed once, then ran
+    report = json.loads((out / "report.json").read_text())
+    assert [it["n_selected"] for it in report["iterations"]] == [10, 0] and report["stopped_by"] == "stop_iter"
+
+
+def test_a_ratio_failed_stop_is_fatal_not_retried(tmp_path, pick_data, fake_env):
+    proc, out = run(tmp_path, pick_data, ratio_failed=0.0, **FLAKY)
+    assert proc.returncode == 1
+    assert "iter-000001--prep-train: FatalError:" in proc.stderr and "more than ratio_failed = 0.0" in proc.stderr
+    assert not fake_env.exists()  # nothing trained
