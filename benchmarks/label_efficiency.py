@@ -233,7 +233,8 @@ def main() -> None:
                 row[m] = {**rmse(r["models"], holdout, type_map), **{k: r[k] for k in ("n_relabeled", "wall_s", "train_rounds")}}
         if "d" in args.methods:
             d = run_dpgen(cfg, case, work / "pick-new-level", work / f"d-seed{seed}", seed, args.dpgen_python)
-            row["d"] = ({**rmse(d["models"], holdout, type_map), **{k: d[k] for k in ("n_relabeled", "wall_s", "train_rounds", "returncode")}}
+            kept = ("n_relabeled", "wall_s", "train_rounds", "returncode")
+            row["d"] = ({**rmse(d["models"], holdout, type_map), **{k: d[k] for k in kept}}
                         if d["models"] else {"error": f"no trained model, see {work / f'd-seed{seed}' / 'bench.log'}"})
         (work / "results.json").write_text(json.dumps(results, indent=1))
     print_results(results)

@@ -50,10 +50,10 @@ def train_original(work: Path, pick: Path, index: int, steps: int = 3000) -> Pat
 
 
 def median_max_devi_f(models: list[Path], pick: Path) -> float:
+    import dpdata
+
     from dflow_simplify.ops.data import find_systems
     from dflow_simplify.ops.model_devi import compute_model_devi, load_models
-
-    import dpdata
 
     ids = {f"0/{rel}": list(range(len(dpdata.System(str(pick / rel), fmt="deepmd/npy")))) for rel in find_systems(str(pick))}
     devi = compute_model_devi(load_models([m / "graph.pb" for m in models]), [str(pick)], ids, TYPE_MAP)

@@ -70,8 +70,8 @@ def main() -> None:
         sys.exit(f"no model matches {args.models}; run examples/ag-au-emt-d3/make_example.py first")
     type_map = args.type_map.split(",")
 
-    import numpy as np
     import dpdata
+    import numpy as np
     from deepmd.infer.model_devi import make_model_devi
 
     from dflow_simplify.ops.model_devi import compute_model_devi, load_models, write_model_devi

@@ -144,7 +144,8 @@ def main() -> None:
             row[method] = {"errors": errors(r["models"], holdout),
                            **{k: r.get(k) for k in ("n_relabeled", "wall_s", "train_rounds", "stopped_by", "measured_error")}}
             results_file.write_text(json.dumps(results, indent=1))
-            print(f"seed {seed} {method}: {row[method]['n_relabeled']} frames, E {row[method]['errors']['all']['rmse_e_per_atom']:.4f}",
+            e_all = row[method]["errors"]["all"]["rmse_e_per_atom"]
+            print(f"seed {seed} {method}: {row[method]['n_relabeled']} frames, E {e_all:.4f}",
                   flush=True)
     print_results(results)
 
@@ -156,7 +157,8 @@ def _cell(r: dict, pop: str) -> str:
 
 def print_results(results: dict) -> None:
     pops = ["all", *POPULATIONS]
-    print(f"machine {results['machine']}; pick_data {results['n_frames']} frames ({', '.join(f'{k} {v}' for k, v in POPULATIONS.items())})")
+    shares = ", ".join(f"{k} {v}" for k, v in POPULATIONS.items())
+    print(f"machine {results['machine']}; pick_data {results['n_frames']} frames ({shares})")
     print(f"trust rules (originals' medians on pick_data): {results['rules']}; conv_e_rmse {results.get('conv_e_rmse')}")
     for level in ("old_level", "new_level"):
         print(f"original models, {level.replace('_', ' ')}: " + "  ".join(

@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 import dpdata
-from dflow.python import FatalError
 import numpy as np
 
 from .loop_state import SystemKey
@@ -151,4 +150,4 @@ def pick_data_roots(artifact, paths) -> list[str]:
         return [str(r) for r in artifact]
     if paths:
         return [str(r) for r in paths]
-    raise FatalError("pick_data: neither the artifact nor pick_data_paths was given")
+    raise ValueError("pick_data: neither the artifact nor pick_data_paths was given")

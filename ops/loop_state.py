@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from dflow.python import FatalError
 
 from .selection import ACCURATE, CANDIDATE, FAILED, TrustLevels, classify, pick, pick_cap, scores
 
@@ -136,7 +135,7 @@ def check_ratio_failed(n_labeled: int, failures: list[dict], ratio_failed: float
     if ratio_failed is None or n == 0 or len(failures) / n <= ratio_failed:
         return
     first = failures[0]
-    raise FatalError(
+    raise ValueError(
         f"{len(failures)} of {n} FP tasks failed ({len(failures) / n:.0%}), more than ratio_failed = {ratio_failed}. "
         f"First: system {first['system']} frame {first['frame']} ({first['engine']}): {first['reason']}. "
         "Every failure is listed in the RunFP steps' failures.json.")
@@ -178,7 +177,7 @@ def select(state: LoopState, devi: Deviations | None, trust: TrustLevels | None,
         table = devi.as_dict()
         missing = [p for p in pool if p not in table]
         if missing:
-            raise FatalError(f"model deviation missing for {len(missing)} pool frames, e.g. {missing[0]}")
+            raise ValueError(f"model deviation missing for {len(missing)} pool frames, e.g. {missing[0]}")
         values = {q: np.array([table[p][q] for p in pool]) for q in devi.quantities()}
         labels = classify(values, trust)
         score = scores(values, trust)
@@ -199,7 +198,7 @@ def select(state: LoopState, devi: Deviations | None, trust: TrustLevels | None,
     if style == "diverse" and n_pick:
         missing = [pool[j] for j in cand if pool[j] not in devi.features]
         if missing:
-            raise FatalError(f"select_style diverse: no descriptor features for {len(missing)} candidates, "
+            raise ValueError(f"select_style diverse: no descriptor features for {len(missing)} candidates, "
                              f"e.g. {missing[0]}")
         features = np.array([devi.features[pool[j]] for j in cand])
     order = pick(style, n_pick, score[cand], rng, features, float(rules.get("select_devi_weight") or 0.0))

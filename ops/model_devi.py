@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
-from dflow.python import OP, OPIO, Artifact, FatalError, OPIOSign, Parameter
+from dflow.python import OP, OPIO, Artifact, OPIOSign, Parameter
 
 from .data import find_systems, iter_frames, pick_data_roots
 from .loop_state import LoopState, group_ids
+from .params import fatal_errors
 from .selection import CANDIDATE, SelectParams, classify, trust_from_params
 
 COLUMNS = ("max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f", "avg_devi_f", "devi_e")
@@ -41,11 +42,11 @@ def model_types(models, type_map: list[str]) -> np.ndarray:
     """Index map from our type_map to the models' (they must agree with each other)."""
     tmaps = {tuple(m.get_type_map()) for m in models}
     if len(tmaps) != 1:
-        raise FatalError(f"the models disagree on their type maps: {sorted(tmaps)}")
+        raise ValueError(f"the models disagree on their type maps: {sorted(tmaps)}")
     tm = list(tmaps.pop())
     missing = [t for t in type_map if t not in tm]
     if missing:
-        raise FatalError(f"element(s) {missing} of type_map are unknown to the models (their type_map: {tm})")
+        raise ValueError(f"element(s) {missing} of type_map are unknown to the models (their type_map: {tm})")
     return np.array([tm.index(t) for t in type_map])
 
 
@@ -199,7 +200,7 @@ def read_model_devi(path) -> Deviations:
     z = np.load(path)
     cols = list(z["columns"])
     if cols != list(COLUMNS):
-        raise FatalError(f"{path}: unexpected columns {cols}")
+        raise ValueError(f"{path}: unexpected columns {cols}")
     systems = [str(s) for s in z["systems"]]
     keys = [(systems[s], int(f)) for s, f in zip(z["system"], z["frame"])]
     features = {}
@@ -230,6 +231,7 @@ class ModelDevi(OP):
         return OPIOSign({"model_devi": Artifact(Path), "summary": Artifact(Path)})
 
     @OP.exec_sign_check
+    @fatal_errors
     def execute(self, ip: OPIO) -> OPIO:
         p = SelectParams.from_dict(ip["select_params"]) if ip["select_params"] else None
         state = LoopState.load(ip["state"])

@@ -13,16 +13,15 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List
 
-from dataclasses import dataclass, field
-
-from dflow.python import OP, OPIO, Artifact, FatalError, OPIOSign
+from dflow.python import OP, OPIO, Artifact, OPIOSign
 
 from .data import find_systems
 from .loop_state import LoopState, check_ratio_failed, flatten, return_failed_frames
-from .params import OPParams
+from .params import OPParams, fatal_errors
 
 TASK_PATTERN = "%04d"
 
@@ -97,7 +96,7 @@ def gather_iter_data(previous: Path | None, new_groups: list[Path], out: Path, i
         frames = group_frames(group)
         held_out = probe_out is not None and bool(frames) and frames <= probe
         if frames & probe and not held_out:
-            raise FatalError(f"labeled group {Path(group).name} mixes probe and picked frames")
+            raise ValueError(f"labeled group {Path(group).name} mixes probe and picked frames")
         # RunFP names a group folder after its frames: the training set does not depend on slice order
         target = probe_out if held_out else out
         shutil.copytree(group, target / ("iter-%06d" % (iter_index - 1)) / Path(group).name, dirs_exist_ok=True)
@@ -136,6 +135,7 @@ class PrepTrain(OP):
                          "probe_data": Artifact(Path), "state": Artifact(Path)})
 
     @OP.exec_sign_check
+    @fatal_errors
     def execute(self, ip: OPIO) -> OPIO:
         options = PrepTrainParams.from_dict(ip["options"])
         n_labeled, failures = fp_round_outcome(ip["new_data"], ip["fp_failures"])
@@ -146,7 +146,7 @@ class PrepTrain(OP):
                              probe=set(flatten(state.probe)), previous_probe=ip["probe_data"],
                              probe_out=Path("probe_data"))
         if n == 0:
-            raise FatalError("no relabeled frame to train on: every frame of iteration 0 failed to label")
+            raise ValueError("no relabeled frame to train on: every frame of iteration 0 failed to label")
         names, paths = [], []
         for i in range(ip["numb_models"]):
             task = Path("task." + TASK_PATTERN % i)

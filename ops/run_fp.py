@@ -20,6 +20,7 @@ from dflow.python import OP, OPIO, Artifact, OPIOSign
 from .data import extracted_frames, iter_frames, save_labeled
 from .fp.bad_box import bad_box_reason, parse_criteria
 from .fp.base import FPTaskError, get_engine
+from .params import fatal_errors
 
 
 def label_frames(roots, frame_ids: dict[str, list[int]], type_map, fp_style: str, fp_params: dict,
@@ -76,6 +77,7 @@ class RunFP(OP):
                          "n_skipped": int})
 
     @OP.exec_sign_check
+    @fatal_errors
     def execute(self, ip: OPIO) -> OPIO:
         # the group's frames, extracted from pick_data by SelectConfs (pick_data itself never comes here)
         roots, ids, origin = extracted_frames(ip["frames"])

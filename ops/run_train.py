@@ -13,15 +13,14 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
-
-from dataclasses import dataclass, field
 
 from dflow.python import OP, OPIO, Artifact, FatalError, OPIOSign, TransientError
 
 from .data import find_systems
-from .params import OPParams
+from .params import OPParams, fatal_errors
 
 BACKENDS = {
     # flag, checkpoint files to keep, init-model argument inside a checkpoint dir, frozen model name
@@ -46,9 +45,9 @@ class TrainConfig(OPParams):
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
-            raise FatalError(f"train_backend: expected one of {list(BACKENDS)}, got {self.backend!r}")
+            raise ValueError(f"train_backend: expected one of {list(BACKENDS)}, got {self.backend!r}")
         if self.init_mode not in INIT_MODES:
-            raise FatalError(f"init_mode: expected one of {list(INIT_MODES)}, got {self.init_mode!r}")
+            raise ValueError(f"init_mode: expected one of {list(INIT_MODES)}, got {self.init_mode!r}")
 
 
 def system_paths(root: str | os.PathLike) -> list[str]:
@@ -112,7 +111,7 @@ def train_command(backend: str, init_mode: str, init_model: Optional[Path], skip
     elif init_mode == "finetune":
         cmd += ["--finetune", str(init_model)]
     elif init_mode != "scratch":
-        raise FatalError(f"unknown init mode {init_mode!r}")
+        raise ValueError(f"unknown init mode {init_mode!r}")
     if skip_neighbor_stat:
         cmd.append("--skip-neighbor-stat")
     return cmd
@@ -161,6 +160,7 @@ class RunTrain(OP):
         return OPIOSign({"model": Artifact(Path), "checkpoint": Artifact(Path), "lcurve": Artifact(Path), "log": Artifact(Path)})
 
     @OP.exec_sign_check
+    @fatal_errors
     def execute(self, ip: OPIO) -> OPIO:
         cfg = TrainConfig.from_dict(ip["config"])
         work = Path(ip["task_name"])

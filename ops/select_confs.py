@@ -20,13 +20,14 @@ import json
 from pathlib import Path
 from typing import List
 
-import numpy as np
 from dflow.python import OP, OPIO, Artifact, OPIOSign, Parameter
 
 from .data import extract_frames, pick_data_roots, write_frame_ids
 from .loop_state import CONVERGED, NOTHING_SELECTED, STOP_ITER, LoopState, flatten, group_ids, select  # noqa: F401
 from .model_devi import read_model_devi, read_probe_error
+from .params import fatal_errors
 from .selection import SelectParams, trust_from_params
+
 
 class SelectConfs(OP):
     """Classify the pool by trust levels, pick the frames to relabel (and the probe), decide whether to go on."""
@@ -58,6 +59,7 @@ class SelectConfs(OP):
         })
 
     @OP.exec_sign_check
+    @fatal_errors
     def execute(self, ip: OPIO) -> OPIO:
         p = SelectParams.from_dict(ip["select_params"])
         it = ip["iter_index"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from dflow.python import FatalError
 
 from .params import OPParams
 
@@ -59,7 +58,7 @@ def classify(values: dict[str, np.ndarray], trust: TrustLevels) -> np.ndarray:
     quantities = [q for q in QUANTITIES if q in ("f", "e") or trust.uses_true_error]
     missing = [q for q in quantities if q not in values]
     if missing:
-        raise FatalError(f"classify: no values for {missing} (true-error levels need the true errors)")
+        raise ValueError(f"classify: no values for {missing} (true-error levels need the true errors)")
     n = len(np.asarray(values["f"]))
     failed = np.zeros(n, bool)
     inside = np.zeros(n, bool)
@@ -126,7 +125,7 @@ def pick(style: str, n: int, score: np.ndarray, rng: np.random.Generator, featur
     m = len(score)
     n = min(int(n), m)
     if style not in STYLES:
-        raise FatalError(f"select_style: unknown style {style!r}; expected one of {STYLES}")
+        raise ValueError(f"select_style: unknown style {style!r}; expected one of {STYLES}")
     if n <= 0:
         return np.zeros(0, int)
     if style == "random":
@@ -134,7 +133,7 @@ def pick(style: str, n: int, score: np.ndarray, rng: np.random.Generator, featur
     if style == "max_devi":
         return pick_max_devi(score, n)
     if features is None or len(features) != m:
-        raise FatalError(f"select_style diverse needs descriptor features for all {m} candidates, "
+        raise ValueError(f"select_style diverse needs descriptor features for all {m} candidates, "
                          f"got {None if features is None else len(features)}")
     return pick_diverse(features, score, n, weight)
 

@@ -34,6 +34,17 @@ def example_inputs(tmp_path_factory) -> Path:
     return folder
 
 
+def run_main(args, capsys) -> subprocess.CompletedProcess:
+    """The CLI in this process, for refusals that end before any workflow is built (no dflow mode set):
+    what run_cli gives, without a process start."""
+    from dflow_simplify.workflows.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out.out, out.err)
+
+
 def run_cli(args, **kw):
     return subprocess.run([sys.executable, str(ROOT / "submit_simplify.py"), *map(str, args)],
                           capture_output=True, text=True, **kw)

@@ -28,7 +28,6 @@ from dflow_simplify.ops.model_devi import COLUMNS, Deviations, ModelDevi, write_
 from dflow_simplify.ops.run_train import RunTrain
 
 
-
 def count_frames_in(root) -> int:
     if root is None or not Path(root).is_dir():
         return 0

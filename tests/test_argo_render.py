@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 from hera.workflows.models import Workflow as HeraWorkflow
 
-from .conftest import run_cli
+from .conftest import run_cli, run_main
 
 ACCESS, SECRET, TOKEN = "AKIA-RENDER-TEST-ACCESS", "render-test-secret-9f3b1c", "render-test-token-4d2e"
 
@@ -148,7 +148,8 @@ HPC = {"type": "dispatcher", "host": "hpc.example.org", "username": "alice", "im
        "resources_dict": {"number_node": 1, "cpu_per_node": 8, "queue_name": "cpu", "group_size": 1}}
 
 
-def _render_with(example, tmp_path, step_configs, **dflow_config) -> tuple:
+def _render_with(example, tmp_path, step_configs, capsys=None, **dflow_config) -> tuple:
+    """Render the example with these settings; with `capsys`, in this process (for refusals only)."""
     j = json.loads((example / "config.json").read_text())
     j["dflow_config"] = {"host": "https://argo.example.org:2746", "namespace": "simplify", **dflow_config}
     j["dflow_s3_config"] = {"endpoint": "minio.example.org:9000", "bucket_name": "simplify"}
@@ -156,7 +157,8 @@ def _render_with(example, tmp_path, step_configs, **dflow_config) -> tuple:
     for name in ("data", "models"):
         (tmp_path / name).symlink_to(example / name)
     (tmp_path / "config.json").write_text(json.dumps(j))
-    proc = run_cli([tmp_path / "config.json", "--render", tmp_path / "m.json"])
+    args = [tmp_path / "config.json", "--render", tmp_path / "m.json"]
+    proc = run_main(args, capsys) if capsys else run_cli(args)
     return proc, (json.loads((tmp_path / "m.json").read_text()) if proc.returncode == 0 else None)
 
 
@@ -172,6 +174,17 @@ def test_hpc_executor_runs_training_through_dpdispatcher(example, tmp_path):
     assert helpers == {"dflow-simplify/light:0.1.0"}  # no python:3.8 pulled from a public registry
 
 
+def test_retries_are_for_transient_errors_only(example, tmp_path):
+    """With retry_on_transient_error, Argo retries a pod only on exit code 1 (dflow's TransientError and any
+    unexpected exception); deterministic stops (a ratio_failed stop, a bad parameter) raise FatalError,
+    which exits 2 (tests/test_loop_wiring.py shows PrepTrain's ratio_failed stop raising it)."""
+    proc, manifest = _render_with(example, tmp_path, {"prep_train": {"template_config": {"retry_on_transient_error": 3}}})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (prep,) = [t for t in manifest["spec"]["templates"] if t["name"].startswith("preptrain")]
+    assert prep["retryStrategy"]["limit"] == 3 and prep["retryStrategy"]["expression"] == "asInt(lastRetry.exitCode) == 1"
+    assert "except FatalError" in prep["script"]["source"] and "sys.exit(2)" in prep["script"]["source"]
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"type": "slurm"}, 'run_fp.executor.type: expected "dispatcher"'),
     ({"type": "dispatcher", "hots": "x"}, "run_fp.executor: unknown key(s) ['hots']"),
@@ -179,8 +192,8 @@ def test_hpc_executor_runs_training_through_dpdispatcher(example, tmp_path):
     ({"type": "dispatcher", "machine_dict": {"remote_profile": {"password": "x"}}},
      "run_fp.executor.machine_dict.remote_profile.password: would be written into the workflow manifest"),
 ])
-def test_bad_executor_is_refused_before_anything_is_built(example, tmp_path, bad, message):
-    proc, _ = _render_with(example, tmp_path, {"run_fp": {"executor": bad}})
+def test_bad_executor_is_refused_before_anything_is_built(example, tmp_path, bad, message, capsys):
+    proc, _ = _render_with(example, tmp_path, {"run_fp": {"executor": bad}}, capsys)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1500:]
 
 
@@ -223,6 +236,6 @@ def test_pick_data_on_a_volume_is_read_in_place_never_an_artifact(example, tmp_p
     ({"claim_name": "datasets", "mount_path": "/data", "size": 1}, "dflow_config.pick_data_volume: expected"),
     ({"claim_name": "datasets", "mount_path": "/elsewhere"}, "is not under dflow_config.pick_data_volume.mount_path"),
 ])
-def test_bad_pick_data_volume_is_refused(example, tmp_path, volume, message):
-    proc, _ = _render_with(example, tmp_path, {}, pick_data_volume=volume)
+def test_bad_pick_data_volume_is_refused(example, tmp_path, volume, message, capsys):
+    proc, _ = _render_with(example, tmp_path, {}, capsys, pick_data_volume=volume)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1500:]

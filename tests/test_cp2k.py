@@ -18,8 +18,8 @@ import pytest
 from ase.units import Bohr
 from dflow.python import OPIO
 
-from dflow_simplify.ops.fp.dftd3 import d3_correction
 from dflow_simplify.ops.data import extract_frames
+from dflow_simplify.ops.fp.dftd3 import d3_correction
 from dflow_simplify.ops.run_fp import RunFP
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ag-au-cp2k"

@@ -7,9 +7,9 @@ import numpy as np
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from dflow_simplify.ops.loop_state import LoopState
 from dflow_simplify.ops.fp.base import ENGINES, Engine, register
 from dflow_simplify.ops.fp.dftd3 import d3_correction
+from dflow_simplify.ops.loop_state import LoopState
 from dflow_simplify.ops.run_fp import label_frames
 
 

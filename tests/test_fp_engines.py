@@ -13,7 +13,6 @@ from pathlib import Path
 import dpdata
 import numpy as np
 import pytest
-from dflow.python import FatalError
 
 from dflow_simplify.ops.fp.base import FPTaskError, get_engine
 from dflow_simplify.ops.fp.cp2k import input_from_dict, insert_structure, parse_output
@@ -185,7 +184,7 @@ def test_bad_box_is_skipped_and_recorded_not_labeled(tmp_path):
     state = return_failed_frames(LoopState(systems={"0/sys": 2}, picked={"0/sys": [0, 1]}), failures)
     assert state.skipped == {"0/sys": [1]} and state.pool == {"0/sys": [0]} and state.picked == {}
     check_ratio_failed(1, [f for f in failures if f["kind"] == "bad_box"], ratio_failed=0.0)
-    with pytest.raises(FatalError, match="1 of 1 FP tasks failed"):
+    with pytest.raises(ValueError, match="1 of 1 FP tasks failed"):
         check_ratio_failed(0, failures, ratio_failed=0.5)
 
 

@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-from dflow.python import FatalError
 
 from dflow_simplify.ops.loop_state import LoopState, check_ratio_failed, return_failed_frames
 from tests.conftest import ROOT, run_cli
@@ -26,7 +25,7 @@ def test_failed_frames_go_back_once_then_retire():
 
 def test_ratio_failed():
     check_ratio_failed(19, [_fail("0/a", 1)], 0.05)  # 1 of 20: at the limit, goes on
-    with pytest.raises(FatalError, match=r"2 of 20 FP tasks failed \(10%\), more than ratio_failed = 0.05.*frame 1"):
+    with pytest.raises(ValueError, match=r"2 of 20 FP tasks failed \(10%\), more than ratio_failed = 0.05.*frame 1"):
         check_ratio_failed(18, [_fail("0/a", 1), _fail("0/a", 2)], 0.05)
     check_ratio_failed(0, [], 0.05)
 

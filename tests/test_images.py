@@ -147,14 +147,13 @@ def _systems_equal(a: Path, b: Path, labeled: bool) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not SMOKE, reason="opt-in: SIMPLIFY_PODMAN_SMOKE=1 (root, podman, runc, debootstrap; ~6 min)")
 def test_ops_run_in_their_images_as_an_argo_pod_runs_them(built_images, tmp_path, monkeypatch):
-    from tests.argo_pod import run_in_pod
-    from tests.test_config import _mapbi3
-
     from dflow_simplify.ops.loop_state import LoopState
     from dflow_simplify.ops.run_fp import RunFP
     from dflow_simplify.ops.select_confs import SelectConfs
     from dflow_simplify.workflows.build import select_parameters
     from dflow_simplify.workflows.config import load_config
+    from tests.argo_pod import run_in_pod
+    from tests.test_config import _mapbi3
 
     cfg = load_config(_mapbi3(tmp_path, fp_style="dftd3", init_pick_number=5))
     state = tmp_path / "state0.json"

@@ -15,7 +15,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from dflow_simplify.ops.loop_state import LoopState, flatten
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 TYPE_MAP = ["Ag", "Au"]
 
@@ -60,7 +60,7 @@ def write_config(tmp_path: Path, pick_data: Path, **overrides) -> Path:
                       "fitting_net": {"neuron": [4]}},
             "learning_rate": {"start_lr": 0.001}, "loss": {},
             "training": {"numb_steps": 1, "training_data": {"batch_size": "auto"}}},
-        "step_configs": {"run_fp": {"group_size": 6}},
+        "step_configs": {"run_fp": {"group_size": 10}},
     }
     cfg.update(overrides)
     path = tmp_path / "wiring.json"
@@ -115,9 +115,9 @@ def test_the_loop_recurses_until_the_measured_error_is_met(flaky_run):
     for i in (1, 2):
         assert {f"iter-{i:06d}--prep-train", f"iter-{i:06d}--run-train-0000", f"iter-{i:06d}--run-train-0001",
                 f"iter-{i:06d}--model-devi", f"iter-{i:06d}--select-confs"} <= set(keys)
-    # 10 picks in groups of 6, then the probe's 2 frames in a group of their own
-    assert {"iter-000000--run-fp-000000", "iter-000000--run-fp-000002"} <= set(keys)
-    assert "iter-000000--run-fp-000003" not in keys and "iter-000002--run-fp-000000" not in keys
+    # 10 picks in one group of 10, then the probe's 2 frames in a group of their own
+    assert {"iter-000000--run-fp-000000", "iter-000000--run-fp-000001"} <= set(keys)
+    assert "iter-000000--run-fp-000002" not in keys and "iter-000002--run-fp-000000" not in keys
     assert len(list((out / "models").iterdir())) == 2
 
 
@@ -140,7 +140,7 @@ def test_a_failed_run_resumes_reusing_every_finished_step(tmp_path, pick_data, f
     assert "iter-000001--run-train-0000: FatalError: fake training failure" in proc.stderr
     done = {k: (d / "phase").stat().st_mtime_ns for k, d in step_dirs(out).items()
             if (d / "phase").read_text().strip() == "Succeeded"}
-    assert {"iter-000000--select-confs", "iter-000000--run-fp-000001", "iter-000001--prep-train"} <= set(done)
+    assert {"iter-000000--select-confs", "iter-000000--run-fp-000000", "iter-000001--prep-train"} <= set(done)
     monkeypatch.delenv("FAKE_TRAIN_FAIL_ABOVE")
     proc, out = run(tmp_path, pick_data, stop_iter=1)  # the same command again, on the same output folder
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -156,3 +156,15 @@ def test_a_ratio_failed_stop_is_fatal_not_retried(tmp_path, pick_data, fake_env)
     assert proc.returncode == 1
     assert "iter-000001--prep-train: FatalError:" in proc.stderr and "more than ratio_failed = 0.0" in proc.stderr
     assert not fake_env.exists()  # nothing trained
+
+
+def test_status_reads_the_run_record_not_the_config(flaky_run, tmp_path):
+    """status/watch/stop/delete need neither the config nor its inputs: the record carries the settings."""
+    _, out, _ = flaky_run
+    record = json.loads((out / "workflow.json").read_text())
+    assert record["n_frames"] == 60 and record["mode"] == "local"
+    Path(record["config"]).rename(tmp_path / "moved.json")
+    proc = run_cli(["status", out])
+    assert proc.returncode == 0 and "Succeeded" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = run_cli(["download", out])  # download writes the report again: it needs the config
+    assert proc.returncode == 2 and "is not there; give it with --config" in proc.stderr

@@ -6,8 +6,14 @@ import pytest
 
 from dflow_simplify.ops.data import find_systems, load_system
 from dflow_simplify.ops.loop_state import LoopState
-from dflow_simplify.ops.model_devi import (COLUMNS, compute_model_devi, descriptor_features, load_models,
-                                           read_model_devi, write_model_devi)
+from dflow_simplify.ops.model_devi import (
+    COLUMNS,
+    compute_model_devi,
+    descriptor_features,
+    load_models,
+    read_model_devi,
+    write_model_devi,
+)
 
 TYPE_MAP = ["Ag", "Au"]
 

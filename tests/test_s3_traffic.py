@@ -1,7 +1,8 @@
 """A real S3 endpoint (moto's server on 127.0.0.1, behind a byte-counting proxy): pick_data is already in
 the bucket (`s3://` in the config), the models are uploaded by content hash, the workflow runs in local
-mode reading them from S3 (dflow's `debug_s3`), and the outputs are downloaded with `download`. Then, from the finished run's step folders, the bytes every step
-would fetch and store on Argo (each artifact is one S3 transfer there), per iteration."""
+mode reading them from S3 (dflow's `debug_s3`), and the outputs are downloaded with `download`. Then, from the
+finished run's step folders, the bytes every step would fetch and store on Argo (each artifact is one S3
+transfer there), per iteration."""
 
 import json
 import os
@@ -12,7 +13,7 @@ import dpdata
 import numpy as np
 import pytest
 
-from .conftest import run_cli
+from .conftest import run_cli, run_main
 from .servers import MotoS3
 
 BUCKET = "simplify-local"
@@ -199,9 +200,11 @@ def test_s3_models_and_init_data_are_checked_by_listing(s3_mapbi3, tmp_path):
     ([f"s3://{BUCKET}/datasets/mapbi3", "../data"], {"DFLOW_DEBUG_S3": "true"}, "must be the only entry"),
     (f"s3://{BUCKET}/datasets/*", {"DFLOW_DEBUG_S3": "true"}, "no wildcards"),
 ], ids=["empty-prefix", "other-bucket", "local-mode", "mixed", "wildcard"])
-def test_bad_s3_pick_data_is_named(s3_mapbi3, tmp_path, pick_data, env, expected):
-    proc = run_cli([_s3_config(tmp_path, s3_mapbi3, pick_data), "--check"],
-                   env={**{k: v for k, v in os.environ.items() if k != "DFLOW_DEBUG_S3"}, **env})
+def test_bad_s3_pick_data_is_named(s3_mapbi3, tmp_path, pick_data, env, expected, capsys, monkeypatch):
+    from dflow import config as dflow_config
+
+    monkeypatch.setitem(dflow_config, "debug_s3", bool(env))  # what DFLOW_DEBUG_S3 sets as dflow starts
+    proc = run_main([_s3_config(tmp_path, s3_mapbi3, pick_data), "--check"], capsys)
     assert proc.returncode == 2 and "pick_data" in proc.stderr and expected in proc.stderr, proc.stderr[-2000:]
 
 
@@ -215,3 +218,22 @@ def test_s3_pick_data_renders_as_the_prefix_itself(s3_mapbi3, tmp_path):
     text = (tmp_path / "manifest.json").read_text()
     assert '"key": "datasets/mapbi3"' in text.replace('"key":"', '"key": "')
     assert not any(e[0] == "PUT" for e in s3.log)  # rendering uploads nothing
+
+
+def test_checking_s3_pick_data_leaves_no_index_folder_and_no_s3_setting(s3_mapbi3, tmp_path, monkeypatch):
+    """load_config lists and reads the index in the bucket, then restores dflow's S3 settings and removes
+    the index files' temporary folder."""
+    import glob
+    import tempfile
+
+    from dflow import config as dflow_config
+    from dflow import s3_config
+
+    from dflow_simplify.workflows.config import load_config
+
+    monkeypatch.setitem(dflow_config, "debug_s3", True)
+    before, leftovers = dict(s3_config), set(glob.glob(os.path.join(tempfile.gettempdir(), "simplify-pick-index-*")))
+    cfg = load_config(_s3_config(tmp_path, s3_mapbi3, f"s3://{BUCKET}/datasets/mapbi3/"))
+    assert cfg.n_frames == 24 and cfg.pick_uri and cfg.pick_roots == []
+    assert dict(s3_config) == before
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "simplify-pick-index-*"))) == leftovers

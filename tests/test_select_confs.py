@@ -5,9 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from dflow_simplify.ops.loop_state import LoopState
+from dflow_simplify.ops.loop_state import LoopState, select
 from dflow_simplify.ops.model_devi import COLUMNS, Deviations
-from dflow_simplify.ops.loop_state import select
 from dflow_simplify.ops.select_confs import split_groups
 from dflow_simplify.ops.selection import CANDIDATE, TrustLevels, classify, pick_cap
 

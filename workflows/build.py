@@ -8,15 +8,15 @@ from pathlib import Path
 
 from dflow import Step, Workflow
 
-from dflow_simplify.ops.loop_state import LoopState
 from dflow_simplify.ops.fp.base import get_engine
+from dflow_simplify.ops.loop_state import LoopState
 from dflow_simplify.ops.prep_train import PrepTrainParams
 from dflow_simplify.ops.run_train import TrainConfig
 from dflow_simplify.ops.select_confs import iter_name
 from dflow_simplify.ops.selection import SelectParams
 
-from .config import SimplifyConfig
 from .argo import image_registry
+from .config import SimplifyConfig
 from .inputs import InputStager
 from .step_config import StageSettings
 from .superop import SimplifyIteration, StageOps, fp_step, select_step

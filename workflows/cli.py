@@ -13,8 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import ConfigError, SimplifyConfig, load_config
-from .submit import EXIT_CONFIG, config_digest, previous_run, render, run_local, submit_argo, workflow_name
+from .config import EXIT_CONFIG, ConfigError, SimplifyConfig, load_config
 
 COMMANDS = ("status", "watch", "download", "resubmit", "stop", "delete")
 
@@ -75,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cfg: SimplifyConfig, config_path: Path, args) -> int:
+    from .submit import config_digest, previous_run, render, run_local, submit_argo, workflow_name
+
     if args.render:
         return render(cfg, config_path, Path(args.render))
     output = Path(args.output) if args.output else Path.cwd() / workflow_name(config_path)

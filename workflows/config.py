@@ -20,9 +20,23 @@ from dflow_simplify.ops.data import count_frames, expand_roots, find_systems
 from dflow_simplify.ops.fp.bad_box import parse_criteria
 from dflow_simplify.ops.fp.base import ENGINES, get_engine
 from dflow_simplify.ops.selection import STYLES
-from dflow_simplify.workflows.inputs import is_s3_uri
 from dflow_simplify.workflows.schema import BIG, IGNORED_KEYS, TRUE_ERROR_KEYS, config_args
 from dflow_simplify.workflows.step_config import check_step_configs
+
+
+def is_s3_uri(value) -> bool:
+    return isinstance(value, str) and value.startswith("s3://")
+
+
+def _uses_s3(node) -> bool:
+    if isinstance(node, dict):
+        return any(_uses_s3(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_uses_s3(v) for v in node)
+    return is_s3_uri(node)
+
+
+EXIT_CONFIG = 2  # the exit code of a config (or settings) that cannot run
 
 
 class ConfigError(ValueError):
@@ -254,7 +268,8 @@ def _check_system(cfg: SimplifyConfig, key: str, root: str, name: str, needs_lab
         if unknown:
             raise ConfigError(f"pick_data: system {sys_dir} has element(s) {unknown} not in type_map {cfg.jdata['type_map']}")
     elif types and max(types) >= len(cfg.jdata["type_map"]):
-        raise ConfigError(f"pick_data: system {sys_dir} uses type {max(types)} but type_map has {len(cfg.jdata['type_map'])} elements")
+        raise ConfigError(f"pick_data: system {sys_dir} uses type {max(types)} but type_map has "
+                          f"{len(cfg.jdata['type_map'])} elements")
     if not glob.glob(str(sys_dir / "set.*" / "box.npy")):
         raise ConfigError(f"pick_data: system {sys_dir} has no set.*/box.npy")
     if needs_labels:
@@ -378,7 +393,9 @@ def ignored_keys(raw: dict) -> list[str]:
 
 def validate(raw: dict, base_dir: str | os.PathLike) -> SimplifyConfig:
     """The validated config. Touches no global setting: dflow's S3 settings, needed to list an s3:// input,
-    are restored before it returns."""
+    are restored before it returns (and dflow is not even imported for a config without one)."""
+    if not _uses_s3(raw):
+        return _validate(raw, base_dir)
     from dflow import s3_config
 
     saved = dict(s3_config)

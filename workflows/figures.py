@@ -145,9 +145,10 @@ def write_html(output, report: dict, figures: list[str]) -> Path:
     cols = [c for c in (rows[0] if rows else {})]
     table = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
     summary = {k: v for k, v in report.items() if k != "iterations"}
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>simplify report {html.escape(str(report.get('workflow_id')))}"
+    wf_id = html.escape(str(report.get("workflow_id")))
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>simplify report {wf_id}"
             "</title><style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}</style></head><body>"
-            f"<h1>simplify: {html.escape(str(report.get('workflow_id')))}</h1><pre>{html.escape(json.dumps(summary, indent=1))}</pre>"
+            f"<h1>simplify: {wf_id}</h1><pre>{html.escape(json.dumps(summary, indent=1))}</pre>"
             f"<table><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in cols)}</tr>{table}</table>"
             + "".join(f"<p><img src='{html.escape(f)}' alt='{html.escape(f)}'></p>" for f in figures)
             + "</body></html>")

@@ -20,6 +20,7 @@ from pathlib import Path
 from dflow import S3Artifact, config, s3_config, upload_artifact
 
 from .argo import s3_keys
+from .config import is_s3_uri
 
 INPUT_PREFIX = "simplify-inputs/"
 
@@ -37,10 +38,6 @@ def content_hash(paths: list[str]) -> str:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()
-
-
-def is_s3_uri(value: str) -> bool:
-    return isinstance(value, str) and value.startswith("s3://")
 
 
 def s3_key(uri: str) -> str:

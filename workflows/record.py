@@ -8,8 +8,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .argo import SECRET_CONFIG, SECRET_KEYS
-
 RECORD = "workflow.json"
 
 
@@ -29,6 +27,8 @@ class RunRecord:
     @classmethod
     def of(cls, cfg, workflow_id: str, digest: str, mode: str, config: str, **kw) -> "RunRecord":
         """The record of a run of `cfg` (a SimplifyConfig), its settings stripped of secrets."""
+        from .argo import SECRET_CONFIG, SECRET_KEYS
+
         return cls(workflow_id, digest, mode, config, n_frames=cfg.n_frames,
                    dflow_config={k: v for k, v in cfg.jdata["dflow_config"].items() if k not in SECRET_CONFIG},
                    dflow_s3_config={k: v for k, v in cfg.jdata["dflow_s3_config"].items() if k not in SECRET_KEYS},

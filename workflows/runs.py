@@ -9,11 +9,10 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, load_config
-from .argo import SECRET_CONFIG, SECRET_KEYS
 from .record import RECORD, RunRecord
 
 DONE = ("Succeeded", "Failed", "Error", "Terminated", "Stopped")
@@ -82,6 +81,8 @@ def attach(run_id: str, config_path: str | None = None, needs_config: bool = Tru
 def record_settings(record: RunRecord) -> tuple[dict, dict]:
     """The Argo and S3 settings of a record, with the secrets (token, S3 keys) the config file gives, if it
     still exists (read, not validated: its inputs may have moved); DFLOW_* variables give them otherwise."""
+    from .argo import SECRET_CONFIG, SECRET_KEYS
+
     argo_conf, s3_conf = dict(record.dflow_config), dict(record.dflow_s3_config)
     if record.config and Path(record.config).is_file():
         try:

@@ -15,11 +15,9 @@ import threading
 import time
 from pathlib import Path
 
-from .config import SimplifyConfig
+from .config import EXIT_CONFIG, SimplifyConfig
 from .record import RECORD, RunRecord
 from .superop import StageOps
-
-EXIT_CONFIG = 2
 
 
 def workflow_name(config_path: Path) -> str:
