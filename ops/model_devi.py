@@ -26,7 +26,7 @@ from dflow.python import OP, OPIO, Artifact, OPIOSign, Parameter
 from .data import find_systems, iter_frames, pick_data_roots
 from .loop_state import LoopState, group_ids
 from .params import fatal_errors
-from .selection import CANDIDATE, SelectParams, classify, trust_from_params
+from .selection import CANDIDATE, SelectParams, classify
 
 COLUMNS = ("max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f", "avg_devi_f", "devi_e")
 FEATURE_DIM = 16  # principal components of the descriptor features handed to SelectConfs
@@ -237,7 +237,7 @@ class ModelDevi(OP):
         state = LoopState.load(ip["state"])
         models = load_models(sorted(ip["models"], key=lambda m: Path(m).name))
         roots = pick_data_roots(ip["pick_data"], ip["pick_data_paths"])
-        trust = trust_from_params(p) if p else None
+        trust = p.trust if p else None
         devi = compute_model_devi(models, roots, state.pool, ip["type_map"], ip["batch_size"],
                                   true_error=bool(trust and trust.uses_true_error))
         if p is not None and p.select_style == "diverse" and devi.keys:

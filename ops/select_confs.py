@@ -26,7 +26,7 @@ from .data import extract_frames, pick_data_roots, write_frame_ids
 from .loop_state import CONVERGED, NOTHING_SELECTED, STOP_ITER, LoopState, flatten, group_ids, select  # noqa: F401
 from .model_devi import read_model_devi, read_probe_error
 from .params import fatal_errors
-from .selection import SelectParams, trust_from_params
+from .selection import SelectParams
 
 
 class SelectConfs(OP):
@@ -68,7 +68,7 @@ class SelectConfs(OP):
         probe_error = read_probe_error(ip["devi_summary"])
         rules = p.rules(p.init_pick_number if devi is None else p.iter_pick_number)
         new_state, picked, probe, counts = select(
-            state, devi, trust_from_params(p), rules, seed=p.seed * 100003 + it, probe_error=probe_error,
+            state, devi, p.trust, rules, seed=p.seed * 100003 + it, probe_error=probe_error,
             last_iteration=p.stop_iter is not None and it >= p.stop_iter)
         new_state.dump("state.json")
         write_frame_ids("picked.json", picked)

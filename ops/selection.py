@@ -157,20 +157,13 @@ def pick_cap(n_candidate: int, n_accurate: int, n_total: int, rules: dict) -> in
 
 @dataclass(frozen=True)
 class SelectParams(OPParams):
-    """The parameters of SelectConfs (all) and ModelDevi (trust levels, style), named as DP-GEN's keys
-    without their `model_devi_` prefix; build.select_parameters makes them from the config."""
+    """The parameters of SelectConfs (all) and ModelDevi (trust levels, style); build.select_parameters makes
+    them from the config's keys of the same names (the trust levels from DP-GEN's model_devi_* and true_error_*)."""
 
-    f_trust_lo: float
-    f_trust_hi: float
+    trust: TrustLevels
     init_pick_number: int
     iter_pick_number: int
     type_map: list
-    e_trust_lo: float = float("inf")
-    e_trust_hi: float = float("inf")
-    true_error_f_trust_lo: float = float("inf")
-    true_error_f_trust_hi: float = float("inf")
-    true_error_e_trust_lo: float = float("inf")
-    true_error_e_trust_hi: float = float("inf")
     fp_task_max: int | None = None
     fp_task_min: int | None = None
     fp_accurate_threshold: float | None = None
@@ -185,14 +178,16 @@ class SelectParams(OPParams):
     group_size: int = 10  # frames per RunFP task
     keep_labels: bool = False  # extract pick_data's labels with the frames (fp_style none)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "SelectParams":
+        data = dict(data)
+        if isinstance(data.get("trust"), dict):
+            try:
+                data["trust"] = TrustLevels(**data["trust"])
+            except TypeError as e:
+                raise ValueError(f"SelectParams.trust: {e}") from None
+        return super().from_dict(data)
+
     def rules(self, pick_number: int) -> dict:
         """The selection rules of one round (loop_state.select): these parameters and its pick number."""
         return dict(self.as_dict(), pick_number=pick_number)
-
-
-def trust_from_params(p: SelectParams | dict) -> TrustLevels:
-    """The trust levels of SelectConfs' parameters."""
-    p = p if isinstance(p, dict) else p.as_dict()
-    return TrustLevels(p["f_trust_lo"], p["f_trust_hi"], p["e_trust_lo"], p["e_trust_hi"],
-                       p.get("true_error_f_trust_lo", float("inf")), p.get("true_error_f_trust_hi", float("inf")),
-                       p.get("true_error_e_trust_lo", float("inf")), p.get("true_error_e_trust_hi", float("inf")))

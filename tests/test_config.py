@@ -131,7 +131,8 @@ def test_dpgen_true_error_keys_are_accepted_as_is_in_labeled_mode(tmp_path):
 
     path = _mapbi3(tmp_path, labeled=True, true_error_f_trust_lo=0.1, true_error_f_trust_hi=0.5,
                    true_error_e_trust_lo=0.01)
-    p = select_parameters(load_config(path)).as_dict()
-    assert (p["true_error_f_trust_lo"], p["true_error_f_trust_hi"], p["true_error_e_trust_lo"]) == (0.1, 0.5, 0.01)
-    assert p["true_error_e_trust_hi"] == 1e10 and p["select_style"] == "random" and p["probe_number"] == 0
-    assert p["conv_e_rmse"] is None and p["conv_f_rmse"] is None
+    p = select_parameters(load_config(path))
+    assert (p.trust.f_err_lo, p.trust.f_err_hi, p.trust.e_err_lo) == (0.1, 0.5, 0.01)
+    assert p.trust.e_err_hi == 1e10 and p.select_style == "random" and p.probe_number == 0
+    assert p.conv_e_rmse is None and p.conv_f_rmse is None and p.trust.uses_true_error
+    assert type(p).from_dict(p.as_dict()) == p  # the round trip through the workflow's parameter

@@ -13,7 +13,7 @@ from dflow_simplify.ops.loop_state import LoopState
 from dflow_simplify.ops.prep_train import PrepTrainParams
 from dflow_simplify.ops.run_train import TrainConfig
 from dflow_simplify.ops.select_confs import iter_name
-from dflow_simplify.ops.selection import SelectParams
+from dflow_simplify.ops.selection import SelectParams, TrustLevels
 
 from .argo import image_registry
 from .config import SimplifyConfig
@@ -54,15 +54,16 @@ def prep_train_params(cfg: SimplifyConfig) -> PrepTrainParams:
 
 def select_parameters(cfg: SimplifyConfig) -> SelectParams:
     j = cfg.jdata
+    trust = TrustLevels(
+        f_lo=j["model_devi_f_trust_lo"], f_hi=j["model_devi_f_trust_hi"],
+        e_lo=j["model_devi_e_trust_lo"], e_hi=j["model_devi_e_trust_hi"],
+        f_err_lo=j["true_error_f_trust_lo"], f_err_hi=j["true_error_f_trust_hi"],
+        e_err_lo=j["true_error_e_trust_lo"], e_err_hi=j["true_error_e_trust_hi"])
     return SelectParams(
-        f_trust_lo=j["model_devi_f_trust_lo"], f_trust_hi=j["model_devi_f_trust_hi"],
-        e_trust_lo=j["model_devi_e_trust_lo"], e_trust_hi=j["model_devi_e_trust_hi"],
-        init_pick_number=j["init_pick_number"], iter_pick_number=j["iter_pick_number"],
+        trust=trust, init_pick_number=j["init_pick_number"], iter_pick_number=j["iter_pick_number"],
         fp_task_max=j.get("fp_task_max"), fp_task_min=j.get("fp_task_min"),
         fp_accurate_threshold=j.get("fp_accurate_threshold"),
         fp_accurate_soft_threshold=j.get("fp_accurate_soft_threshold"),
-        true_error_f_trust_lo=j["true_error_f_trust_lo"], true_error_f_trust_hi=j["true_error_f_trust_hi"],
-        true_error_e_trust_lo=j["true_error_e_trust_lo"], true_error_e_trust_hi=j["true_error_e_trust_hi"],
         select_style=j["select_style"], select_devi_weight=j["select_devi_weight"],
         probe_number=j["probe_number"], conv_e_rmse=j["conv_e_rmse"], conv_f_rmse=j["conv_f_rmse"],
         seed=j["pick_seed"], stop_iter=j.get("stop_iter"),
@@ -111,18 +112,19 @@ def _stage_fp_files(files: dict[str, str], where: Path) -> str:
 
 
 def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLike, workflow_id: str | None = None,
-                   stage=None, token: str | None = None, ops: StageOps = StageOps()) -> Workflow:
+                   stage=None, token: str | None = None, ops: StageOps = StageOps(), local: bool = False) -> Workflow:
     """The whole simplify workflow: iteration 0 (random pick, relabel), then the recursive loop.
     `stage(paths) -> artifact` makes the inputs artifacts (inputs.InputStager; local links by default);
     `token` is Argo's, given here because it is withheld from dflow's config while OPs are rendered;
-    `ops` the OP class of each stage (the real ones unless a test says otherwise)."""
-    to_artifact = stage or InputStager()
+    `ops` the OP class of each stage (the real ones unless a test says otherwise); `local`: dflow's debug
+    mode (set by the caller before this is called) rather than Argo."""
+    to_artifact = stage or InputStager(local=local)
     staging = Path(staging_dir)
     staging.mkdir(parents=True, exist_ok=True)
     LoopState.initial(cfg.systems).dump(staging / "state0.json")
     params = loop_parameters(cfg)
     tconf = StageSettings(cfg.jdata["step_configs"], cfg.fp_style, image_registry(cfg.jdata["dflow_config"]),
-                          pick_volume=cfg.pick_volume)
+                          pick_volume=cfg.pick_volume, local=local)
 
     # pick_data: one artifact (uploaded once, or an s3:// prefix), or read in place from a mounted volume
     pick_data = None if cfg.pick_volume else to_artifact([cfg.pick_uri] if cfg.pick_uri else cfg.pick_roots)

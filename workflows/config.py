@@ -43,9 +43,10 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the key and what was expected."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class SimplifyConfig:
-    """A validated config: normalized keys plus resolved absolute paths."""
+    """A validated config: normalized keys plus resolved absolute paths. Frozen: only this module's resolvers
+    fill it in (`_set`), before `validate` returns it."""
 
     jdata: dict
     base_dir: Path
@@ -69,6 +70,12 @@ class SimplifyConfig:
     @property
     def n_frames(self) -> int:
         return sum(self.systems.values())
+
+
+def _set(cfg: SimplifyConfig, **values) -> None:
+    """A resolver's result into the config being validated (frozen for everyone else)."""
+    for name, value in values.items():
+        object.__setattr__(cfg, name, value)
 
 
 def _as_list(value) -> list:
@@ -230,16 +237,16 @@ def _resolve_pick_data(cfg: SimplifyConfig) -> None:
     from .inputs import fetch_index
 
     # pick_data in the bucket: its index files, in a temporary folder for the checks only
-    cfg.pick_uri = _s3_ready(cfg, "pick_data", patterns)
+    _set(cfg, pick_uri=_s3_ready(cfg, "pick_data", patterns))
     with tempfile.TemporaryDirectory(prefix="simplify-pick-index-") as index:
         fetch_index(cfg.pick_uri, _s3_listing("pick_data", cfg.pick_uri), Path(index))
         _index_pick_data(cfg, [index])
-    cfg.pick_roots = []  # nothing local: the OPs read the pick_uri artifact
+    _set(cfg, pick_roots=[])  # nothing local: the OPs read the pick_uri artifact
 
 
 def _index_pick_data(cfg: SimplifyConfig, patterns: list[str]) -> None:
     """The systems (and their frame counts) of pick_data's roots, each checked."""
-    cfg.pick_roots = expand_roots(patterns, cfg.base_dir)
+    _set(cfg, pick_roots=expand_roots(patterns, cfg.base_dir))
     if not cfg.pick_roots:
         raise ConfigError(f"pick_data: no file or folder matches {patterns} (relative to {cfg.base_dir})")
     engine = get_engine(cfg.fp_style)
@@ -297,7 +304,7 @@ def _resolve_models(cfg: SimplifyConfig) -> None:
                 raise ConfigError(f"{key}: expected numb_models = {n} files, got {len(files)}")
             if mode == "finetune" and backend == "pytorch" and not all(f.endswith(".pt") for f in files):
                 raise ConfigError(f"{key}: the pytorch backend finetunes from .pt checkpoints, not frozen .pth files")
-            cfg.iter0_models, cfg.init_mode = [os.path.abspath(f) for f in files], mode
+            _set(cfg, iter0_models=[os.path.abspath(f) for f in files], init_mode=mode)
             return
     if j["training_init_model"] and any(is_s3_uri(p) for p in _as_list(j["training_iter0_model_path"])):
         _s3_models(cfg, _as_list(j["training_iter0_model_path"]))
@@ -312,7 +319,7 @@ def _resolve_models(cfg: SimplifyConfig) -> None:
         for d in dirs:
             if not glob.glob(os.path.join(d, ckpt)) and not glob.glob(os.path.join(d, "model.ckpt*.pt")):
                 raise ConfigError(f"training_iter0_model_path: {d} holds no {backend} checkpoint ({ckpt})")
-        cfg.iter0_models, cfg.init_mode = [os.path.abspath(d) for d in dirs], "init_model"
+        _set(cfg, iter0_models=[os.path.abspath(d) for d in dirs], init_mode="init_model")
 
 
 def _s3_models(cfg: SimplifyConfig, paths: list[str]) -> None:
@@ -325,7 +332,7 @@ def _s3_models(cfg: SimplifyConfig, paths: list[str]) -> None:
     if len(dirs) != n:
         raise ConfigError(f"{key}: expected numb_models = {n} training folders with a {ckpt} under {uri}, found "
                           f"{len(dirs)}: {dirs}")
-    cfg.iter0_models, cfg.iter0_items, cfg.init_mode = [uri], dirs, "init_model"
+    _set(cfg, iter0_models=[uri], iter0_items=dirs, init_mode="init_model")
 
 
 def _s3_init_data(cfg: SimplifyConfig) -> None:
@@ -338,7 +345,7 @@ def _s3_init_data(cfg: SimplifyConfig) -> None:
             raise ConfigError(f"init_data_sys: {entry!r}: wildcards are not supported under an s3:// prefix")
         if f"{entry.strip('/')}/type.raw" not in rels:
             raise ConfigError(f"init_data_sys: {entry!r} is no deepmd/npy system under {uri} (no type.raw)")
-    cfg.init_data, cfg.init_items = [uri], [e.strip("/") for e in j["init_data_sys"]]
+    _set(cfg, init_data=[uri], init_items=[e.strip("/") for e in j["init_data_sys"]])
 
 
 def _resolve_init_data(cfg: SimplifyConfig) -> None:
@@ -349,7 +356,7 @@ def _resolve_init_data(cfg: SimplifyConfig) -> None:
         matches = sorted(glob.glob(os.path.join(cfg.base_dir, j["init_data_prefix"], entry)))
         if not matches:
             raise ConfigError(f"init_data_sys: {entry!r} (prefix {j['init_data_prefix']!r}) matches nothing")
-        cfg.init_data += [os.path.abspath(m) for m in matches]
+        cfg.init_data.extend(os.path.abspath(m) for m in matches)
 
 
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -377,7 +384,7 @@ def _check_pick_volume(cfg: SimplifyConfig) -> None:
     if outside:
         raise ConfigError(f"pick_data: {outside[0]} is not under {where}.mount_path {mount}; the pods read pick_data "
                           "at the same paths as this machine")
-    cfg.pick_volume = dict(vol)
+    _set(cfg, pick_volume=dict(vol))
 
 
 def load_config(path: str | os.PathLike) -> SimplifyConfig:
@@ -416,5 +423,5 @@ def _validate(raw: dict, base_dir: str | os.PathLike) -> SimplifyConfig:
     _check_pick_volume(cfg)
     _resolve_init_data(cfg)
     _resolve_models(cfg)
-    cfg.warnings = ignored_keys(raw)
+    _set(cfg, warnings=ignored_keys(raw))
     return cfg

@@ -40,9 +40,9 @@ def read_lcurve(path) -> dict[str, np.ndarray]:
     return {n: data[:, i] for i, n in enumerate(names[: data.shape[1]])}
 
 
-def plot_deviation(devi: dict[int, np.ndarray], trust: dict[str, float], path) -> None:
+def plot_deviation(devi: dict[int, np.ndarray], trust, path) -> None:
     """Per iteration, histograms of max_devi_f and devi_e (columns 0 and 1 of each array) with the trust levels
-    (`trust`: f_trust_lo, f_trust_hi, e_trust_lo, e_trust_hi, as SelectConfs gets them)."""
+    (`trust`: selection.TrustLevels, as SelectConfs gets them)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, col, q, unit in ((axes[0], 0, "f", "eV/A"), (axes[1], 1, "e", "eV/atom")):
@@ -55,7 +55,7 @@ def plot_deviation(devi: dict[int, np.ndarray], trust: dict[str, float], path) -
                 ax.hist(np.clip(v[:, col], pos.min() if len(pos) else 0, None), bins=bins, histtype="step",
                         lw=1.5, label=f"iter {it} ({len(v)} frames)")
         for level, style in (("lo", "--"), ("hi", ":")):
-            x = trust.get(f"{q}_trust_{level}")
+            x = getattr(trust, f"{q}_{level}")
             if x is not None and x < 1e9:
                 ax.axvline(x, color="k", ls=style, label=f"{q}_trust_{level} = {x:g}")
         if len(pos):

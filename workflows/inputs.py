@@ -51,7 +51,8 @@ def s3_key(uri: str) -> str:
 class InputStager:
     """Turns the workflow's inputs into artifacts; records what it uploaded (for the tests and the log)."""
 
-    def __init__(self, render: bool = False, secrets: dict | None = None):
+    def __init__(self, render: bool = False, secrets: dict | None = None, local: bool = False):
+        self.local = local  # dflow's debug mode with its inputs on this machine (not DFLOW_DEBUG_S3)
         self.render = render
         self.secrets = secrets  # S3 keys, when the workflow is built with them withheld
         self.uploaded: list[str] = []
@@ -60,7 +61,7 @@ class InputStager:
     def __call__(self, paths: list[str] | str, items: list[str] | None = None):
         """`items`: for an s3:// prefix, the sub-paths that make the list an OP receives (default: the prefix)."""
         paths = [paths] if isinstance(paths, str) else list(paths)
-        if config["mode"] == "debug" and not config.get("debug_s3"):
+        if self.local:
             return upload_artifact(paths)
         if len(paths) == 1 and is_s3_uri(paths[0]):
             if not self.render:

@@ -108,7 +108,7 @@ def write_figures(steps, cfg, output: Path, report: dict) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         devi, lcurves = figure_inputs(steps, Path(tmp))
     if devi:
-        figures.plot_deviation(devi, select_parameters(cfg).as_dict(), output / "deviation.png")
+        figures.plot_deviation(devi, select_parameters(cfg).trust, output / "deviation.png")
         written.append("deviation.png")
     if report["iterations"]:
         figures.plot_counts(report["iterations"], output / "counts.png")

@@ -126,12 +126,7 @@ PICK_DATA_READERS = ("model_devi", "select_confs")
 
 
 def pick_data_mounts(volume: dict) -> dict:
-    """The volume holding pick_data (a PersistentVolumeClaim), mounted read-only where the config names it.
-    Local mode has nothing to mount: the paths are this machine's."""
-    from dflow import config
-
-    if config["mode"] == "debug":
-        return {}
+    """The volume holding pick_data (a PersistentVolumeClaim), mounted read-only where the config names it."""
     from kubernetes.client import V1PersistentVolumeClaimVolumeSource, V1Volume, V1VolumeMount
 
     claim = V1PersistentVolumeClaimVolumeSource(claim_name=volume["claim_name"], read_only=True)
@@ -143,7 +138,9 @@ def pick_data_mounts(volume: dict) -> dict:
 class StageSettings:
     """What each stage's template and step get, from step_configs and the default images."""
 
-    def __init__(self, step_configs: dict, fp_style: str, registry: str = "", pick_volume: dict | None = None):
+    def __init__(self, step_configs: dict, fp_style: str, registry: str = "", pick_volume: dict | None = None,
+                 local: bool = False):
+        self.local = local  # dflow's debug mode: every OP runs on this machine, nothing to mount or dispatch
         self.step_configs = step_configs
         self.fp_style = fp_style
         self.registry = registry
@@ -163,17 +160,15 @@ class StageSettings:
         out.update({k: v for k, v in tc.items() if v is not None})
         if conf.get("envs"):
             out["envs"] = conf["envs"]
-        if self.pick_volume and stage in PICK_DATA_READERS:
+        if self.pick_volume and stage in PICK_DATA_READERS and not self.local:
             out.update(pick_data_mounts(self.pick_volume))
         return out
 
     def step(self, stage: str) -> dict:
         """Step keyword arguments (sliced stages only)."""
-        from dflow import config
-
         conf = self.conf(stage)
         out = {k: conf[k] for k in ("parallelism", "continue_on_success_ratio") if conf.get(k) is not None}
-        if conf.get("executor") and config["mode"] != "debug":  # local mode runs every OP on this machine
+        if conf.get("executor") and not self.local:
             from dflow.plugins.dispatcher import DispatcherExecutor
 
             out["executor"] = DispatcherExecutor(**{k: v for k, v in conf["executor"].items() if k != "type"})

@@ -86,6 +86,7 @@ def run_local(cfg: SimplifyConfig, config_path: Path, output: Path, ops: StageOp
 
     from .argo import set_s3
     from .build import build_workflow
+    from .inputs import InputStager
 
     if dflow_config["debug_s3"]:  # DFLOW_DEBUG_S3: inputs uploaded to and read from S3, as on Argo
         set_s3(cfg.jdata["dflow_s3_config"])
@@ -98,7 +99,9 @@ def run_local(cfg: SimplifyConfig, config_path: Path, output: Path, ops: StageOp
     if prev is not None:
         wf_id = prev.workflow_id
         print(f"resuming workflow {wf_id} in {output}")
-    wf = build_workflow(cfg, workflow_name(config_path), output / "staging", workflow_id=wf_id, ops=ops)
+    stager = InputStager(local=not dflow_config["debug_s3"])
+    wf = build_workflow(cfg, workflow_name(config_path), output / "staging", workflow_id=wf_id, stage=stager,
+                        ops=ops, local=True)
     printer = TablePrinter(wf)
     thread = threading.Thread(target=printer.run, daemon=True)
     if wf_id is None:
