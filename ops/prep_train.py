@@ -40,28 +40,26 @@ class PrepTrainParams(OPParams):
     ratio_failed: float | None = None
 
 
-def make_train_input(template: dict, index: int, iter_index: int, options: PrepTrainParams | dict) -> dict:
+def make_train_input(template: dict, index: int, iter_index: int, options: PrepTrainParams) -> dict:
     """The deepmd-kit input of model `index`: own seeds, DP-GEN's per-model activation functions and,
     from iteration `training_reuse_iter` on, DP-GEN's `training_reuse_*` overrides."""
-    options = options if isinstance(options, dict) else options.as_dict()
     jinput = copy.deepcopy(template)
     model = jinput.setdefault("model", {})
-    if options.get("type_map"):
-        model["type_map"] = list(options["type_map"])
-    seed = int(options.get("seed", 0)) * 1000 + 100 * iter_index + index
+    if options.type_map:
+        model["type_map"] = list(options.type_map)
+    seed = int(options.seed) * 1000 + 100 * iter_index + index
     for part in ("descriptor", "fitting_net"):
         if part in model:
             model[part]["seed"] = seed + (0 if part == "descriptor" else 7)
     training = jinput.setdefault("training", {})
     training["seed"] = seed + 13
     training.pop("validation_data", None)
-    acts = options.get("activation_func")
+    acts = options.activation_func
     if acts:
         model["descriptor"]["activation_function"] = acts[index][0]
         model["fitting_net"]["activation_function"] = acts[index][1]
-    reuse_iter = options.get("reuse_iter")
-    if reuse_iter is not None and iter_index >= reuse_iter:  # DP-GEN's training_reuse_iter
-        reuse = options.get("reuse", {})
+    if options.reuse_iter is not None and iter_index >= options.reuse_iter:  # DP-GEN's training_reuse_iter
+        reuse = options.reuse
         if reuse.get("numb_steps") is not None:
             training.pop("stop_batch", None)
             training["numb_steps"] = reuse["numb_steps"]

@@ -23,7 +23,7 @@ from typing import List
 from dflow.python import OP, OPIO, Artifact, OPIOSign, Parameter
 
 from .data import extract_frames, pick_data_roots, write_frame_ids
-from .loop_state import CONVERGED, NOTHING_SELECTED, STOP_ITER, LoopState, flatten, group_ids, select  # noqa: F401
+from .loop_state import LoopState, flatten, group_ids, select
 from .model_devi import read_model_devi, read_probe_error
 from .params import fatal_errors
 from .selection import SelectParams

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from dflow_simplify.ops.prep_train import gather_iter_data, make_train_input
+from dflow_simplify.ops.prep_train import PrepTrainParams, gather_iter_data, make_train_input
 from dflow_simplify.ops.run_train import batch_size_of, run_dp_train, set_training_data, system_paths
 
 
@@ -14,13 +14,13 @@ def test_train_inputs_differ_in_seeds_and_follow_dpgen_options():
     template = json.loads((__import__("pathlib").Path(__file__).parents[1] / "examples/ag-au-emt-d3/config.json")
                           .read_text())["default_training_param"]
     acts = [["tanh", "tanh"], ["tanh", "gelu"]]
-    a = make_train_input(template, 0, 1, {"activation_func": acts, "seed": 3})
-    b = make_train_input(template, 1, 1, {"activation_func": acts, "seed": 3})
+    a = make_train_input(template, 0, 1, PrepTrainParams(type_map=[], activation_func=acts, seed=3))
+    b = make_train_input(template, 1, 1, PrepTrainParams(type_map=[], activation_func=acts, seed=3))
     assert a["training"]["seed"] != b["training"]["seed"]
     assert a["model"]["descriptor"]["seed"] != b["model"]["descriptor"]["seed"]
     assert b["model"]["fitting_net"]["activation_function"] == "gelu"
     assert a["model"]["fitting_net"]["trainable"] == [False, False, True, True]
-    reuse = {"reuse_iter": 2, "reuse": {"numb_steps": 50, "start_lr": 1e-4, "start_pref_f": 10}}
+    reuse = PrepTrainParams(type_map=[], reuse_iter=2, reuse={"numb_steps": 50, "start_lr": 1e-4, "start_pref_f": 10})
     assert make_train_input(template, 0, 1, reuse)["training"]["numb_steps"] == 400
     later = make_train_input(template, 0, 2, reuse)
     assert later["training"]["numb_steps"] == 50 and later["loss"]["start_pref_f"] == 10
@@ -45,7 +45,7 @@ def test_init_model_training_honours_trainable_lists(example, tmp_path):
     n = gather_iter_data(None, [example / "data" / "holdout"], data, 1)
     assert n == 2
     template = json.loads((example / "config.json").read_text())["default_training_param"]
-    jinput = make_train_input(template, 0, 1, {"type_map": ["Ag", "Au"]})
+    jinput = make_train_input(template, 0, 1, PrepTrainParams(type_map=["Ag", "Au"]))
     jinput["training"].update(numb_steps=60, disp_freq=20, save_freq=60)
     set_training_data(jinput, system_paths(data), [], "auto", "auto")
     work = tmp_path / "task"
@@ -79,7 +79,7 @@ def test_pytorch_backend_enforces_per_layer_trainable(example, tmp_path):
     data = tmp_path / "iter_data"
     gather_iter_data(None, [example / "data" / "holdout"], data, 1)
     template = json.loads((example / "config.json").read_text())["default_training_param"]
-    jinput = make_train_input(template, 0, 1, {"type_map": ["Ag", "Au"]})
+    jinput = make_train_input(template, 0, 1, PrepTrainParams(type_map=["Ag", "Au"]))
     jinput["training"].update(numb_steps=30, disp_freq=10, save_freq=30)
     set_training_data(jinput, system_paths(data), [], "auto", "auto")
     first = dict(jinput, model=dict(jinput["model"], descriptor=dict(jinput["model"]["descriptor"], trainable=True),

@@ -1,6 +1,7 @@
 """A run's record, `<output>/workflow.json`: what the management commands (status, watch, stop, delete)
 need to find the run again without the config or its inputs: mode, workflow id, Argo and S3 settings
-(never their secrets, which come from the environment), the number of frames."""
+(never their secrets: runs.record_settings takes those from the config file or the DFLOW_* variables),
+the number of frames."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import dpdata
 from dflow import download_artifact
 
 from dflow_simplify.ops.data import find_systems
+from dflow_simplify.ops.loop_state import CONVERGED, NOTHING_SELECTED, STOP_ITER
 from dflow_simplify.ops.select_confs import iter_index_of
 
 ITER_COLUMNS = ("iteration", "n_pool", "n_candidate", "n_accurate", "n_failed", "n_selected", "n_probe", "n_relabeled",
@@ -203,8 +204,8 @@ def collect_outputs(wf, cfg, output: Path, wall_time: float | None = None) -> di
     last = rows[-1] if rows else {}
     report = {
         "workflow_id": wf.id,
-        "converged": bool(rows) and last.get("stopped_by") in ("converged", "no frame selected"),
-        "stopped_by": last.get("stopped_by") or ("no frame selected" if last.get("n_selected") == 0 else "stop_iter"),
+        "converged": bool(rows) and last.get("stopped_by") in (CONVERGED, NOTHING_SELECTED),
+        "stopped_by": last.get("stopped_by") or (NOTHING_SELECTED if last.get("n_selected") == 0 else STOP_ITER),
         "n_frames": cfg.n_frames,
         "n_relabeled": sum(r["n_relabeled"] for r in rows),
         "n_in_dataset": n_dataset,

@@ -99,6 +99,9 @@ def run_local(cfg: SimplifyConfig, config_path: Path, output: Path, ops: StageOp
     if prev is not None:
         wf_id = prev.workflow_id
         print(f"resuming workflow {wf_id} in {output}")
+    def save_record() -> None:
+        RunRecord.of(cfg, wf.id, digest, "local", str(config_path), debug_s3=bool(dflow_config["debug_s3"])).save(output)
+
     stager = InputStager(local=not dflow_config["debug_s3"])
     wf = build_workflow(cfg, workflow_name(config_path), output / "staging", workflow_id=wf_id, stage=stager,
                         ops=ops, local=True)
@@ -106,13 +109,13 @@ def run_local(cfg: SimplifyConfig, config_path: Path, output: Path, ops: StageOp
     thread = threading.Thread(target=printer.run, daemon=True)
     if wf_id is None:
         # dflow picks the id at submit; record it as soon as the workflow folder exists
-        thread_id = threading.Thread(target=_record_id, args=(cfg, workdir, wf, output, digest, config_path), daemon=True)
+        thread_id = threading.Thread(target=_record_id, args=(workdir, wf, save_record), daemon=True)
         thread_id.start()
     thread.start()
     t0 = time.time()
     wf.submit()
     printer.stop.set()
-    RunRecord.of(cfg, wf.id, digest, "local", str(config_path), debug_s3=bool(dflow_config["debug_s3"])).save(output)
+    save_record()
     status = wf.query_status()
     if status != "Succeeded":
         for line in failed_step_errors(workdir / wf.id):
@@ -174,12 +177,10 @@ def previous_run(output: Path, digest: str):
     return prev
 
 
-def _record_id(cfg: SimplifyConfig, workdir: Path, wf, output: Path, digest: str, config_path: Path) -> None:
+def _record_id(workdir: Path, wf, save_record) -> None:
     for _ in range(600):
         if wf.id is not None and (workdir / wf.id).exists():
-            from dflow import config as dflow_config
-
-            RunRecord.of(cfg, wf.id, digest, "local", str(config_path), debug_s3=bool(dflow_config["debug_s3"])).save(output)
+            save_record()
             return
         time.sleep(0.1)
 
