@@ -48,13 +48,22 @@ def _h5_groups(path: str) -> list[str]:
 
 
 def find_systems(root: str) -> list[str]:
-    """Relative names of the deepmd systems inside one root: npy dirs holding type.raw, HDF5 groups."""
+    """Relative names of the deepmd systems inside one root: npy dirs holding type.raw, HDF5 groups.
+    Symlinks are followed, but never into a folder already walked (a link loop, or a second path to
+    the same folder), so each system is found once."""
     root = str(root)
     if os.path.isfile(root) and root.endswith(H5_SUFFIXES):
         return ["#" + g for g in _h5_groups(root)]
-    found = []
+    found, walked = [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
+        walked.add(os.path.realpath(dirpath))
+        keep = []
+        for d in sorted(dirnames, key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d)):  # links last
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real not in walked:
+                walked.add(real)
+                keep.append(d)
+        dirnames[:] = sorted(keep)
         if "type.raw" in filenames:
             found.append(os.path.relpath(dirpath, root))
         for f in sorted(filenames):
@@ -95,6 +104,26 @@ def count_frames(roots: list[str], key: str) -> int:
     with h5py.File(file_path, "r") as f:
         g = f[group] if group not in ("", "/") else f
         return sum(g[s]["box.npy"].shape[0] for s in g if s.startswith("set."))
+
+
+def npy_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The shape of an .npy file from its header, checked against the file's size (nothing else is read);
+    ValueError naming the file when it is no numeric .npy array or is truncated."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(f)
+            offset = f.tell()
+    except Exception as e:  # not an .npy file at all
+        raise ValueError(f"{path}: not a readable .npy file ({e})") from None
+    if dtype.hasobject:
+        raise ValueError(f"{path}: holds Python objects; expected a numeric array")
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if os.path.getsize(path) < expected:
+        raise ValueError(f"{path}: truncated ({os.path.getsize(path)} bytes, its header says {expected})")
+    return tuple(shape)
 
 
 def write_frame_ids(path: str | os.PathLike, ids: dict[str, list[int]]) -> None:

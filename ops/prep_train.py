@@ -68,7 +68,24 @@ def make_train_input(template: dict, index: int, iter_index: int, options: PrepT
         for pref in ("start_pref_e", "start_pref_f"):
             if reuse.get(pref) is not None:
                 jinput.setdefault("loss", {})[pref] = reuse[pref]
+    training["save_freq"] = last_step_saved(training)
     return jinput
+
+
+def last_step_saved(training: dict) -> int:
+    """A save_freq with which deepmd-kit's TensorFlow trainer (3.2.0) saves the last step. It saves inside the
+    loop only on steps that are also displayed (disp_freq), and after the loop only when numb_steps is no
+    multiple of save_freq: with numb_steps 500, save_freq 500, disp_freq 200 no checkpoint of step 500 is
+    written and `dp freeze` fails (or freezes an older one). The smallest larger save_freq that does not
+    divide numb_steps makes the last save the final step's."""
+    steps = training.get("numb_steps", training.get("stop_batch", 0))
+    save, disp = training.get("save_freq", 1000), training.get("disp_freq", 1000)
+    if save <= 0 or steps <= 0:
+        return save
+    displayed = training.get("disp_training", True) and steps % disp == 0
+    while steps % save == 0 and not displayed:
+        save += 1
+    return save
 
 
 def group_frames(group: Path) -> set[tuple[str, int]]:

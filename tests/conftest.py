@@ -57,4 +57,5 @@ def example_run(example, tmp_path_factory) -> Path:
     proc = run_cli([example / "config.json", "-o", out])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (out / "cli-stdout.txt").write_text(proc.stdout)
+    (out / "cli-stderr.txt").write_text(proc.stderr)
     return out

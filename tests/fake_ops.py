@@ -51,6 +51,7 @@ class FakeRunTrain(RunTrain):
     def execute(self, ip: OPIO) -> OPIO:
         n_train = count_frames_in(ip["iter_data"])
         _log(f"run-train {ip['task_name']} n_train={n_train}")
+        print("FAKE TRAINER NOTICE: a line a real trainer would print", flush=True)  # for the quiet-terminal test
         limit = os.environ.get("FAKE_TRAIN_FAIL_ABOVE")
         if limit and n_train > int(limit):
             raise FatalError(f"fake training failure: {n_train} frames > {limit}")

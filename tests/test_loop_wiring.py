@@ -121,6 +121,15 @@ def test_the_loop_recurses_until_the_measured_error_is_met(flaky_run):
     assert len(list((out / "models").iterdir())) == 2
 
 
+def test_the_terminal_shows_iterations_not_the_steps_output(flaky_run):
+    """Each step's own output goes to its log file under work/; the terminal gets a row per iteration."""
+    proc, out, _ = flaky_run
+    assert "FAKE TRAINER NOTICE" not in proc.stdout + proc.stderr
+    assert "FAKE TRAINER NOTICE" in (step_dirs(out)["iter-000001--run-train-0000"] / "log.txt").read_text()
+    lines = proc.stdout.splitlines()
+    assert sum(ln.startswith("[iteration ") for ln in lines) == 3 and len(lines) <= 10, proc.stdout
+
+
 def test_failed_labels_go_back_to_the_pool_once_then_retire(flaky_run):
     proc, out, _ = flaky_run
     report = json.loads((out / "report.json").read_text())
@@ -138,6 +147,8 @@ def test_a_failed_run_resumes_reusing_every_finished_step(tmp_path, pick_data, f
     proc, out = run(tmp_path, pick_data, stop_iter=1)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "iter-000001--run-train-0000: FatalError: fake training failure" in proc.stderr
+    log = step_dirs(out)["iter-000001--run-train-0000"] / "log.txt"
+    assert f"(log: {log})" in proc.stderr and "deterministic: fix its cause first" in proc.stderr
     done = {k: (d / "phase").stat().st_mtime_ns for k, d in step_dirs(out).items()
             if (d / "phase").read_text().strip() == "Succeeded"}
     assert {"iter-000000--select-confs", "iter-000000--run-fp-000000", "iter-000001--prep-train"} <= set(done)
@@ -168,3 +179,22 @@ def test_status_reads_the_run_record_not_the_config(flaky_run, tmp_path):
     assert proc.returncode == 0 and "Succeeded" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     proc = run_cli(["download", out])  # download writes the report again: it needs the config
     assert proc.returncode == 2 and "is not there; give it with --config" in proc.stderr
+
+
+def test_a_local_run_with_its_inputs_in_s3_writes_no_key_to_disk(tmp_path, pick_data, fake_env):
+    """DFLOW_DEBUG_S3: dflow writes its S3 settings into every OP script under work/; the keys stay in memory."""
+    from tests.servers import MotoS3
+
+    access, secret = "AKIA-WIRING-TEST", "wiring-secret-5f3e"
+    s3 = MotoS3("wiring")
+    try:
+        s3_conf = {"endpoint": s3.endpoint, "bucket_name": "wiring", "access_key": access, "secret_key": secret,
+                   "secure": False}
+        proc, out = run(tmp_path, pick_data, env={"DFLOW_DEBUG_S3": "true"}, stop_iter=1, dflow_s3_config=s3_conf)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert any("GET" == e[0] for e in s3.log) and (out / "report.json").exists()  # the inputs came from S3
+    finally:
+        s3.close()
+    holding = [p for p in out.rglob("*") if p.is_file() and (secret.encode() in p.read_bytes()
+                                                             or access.encode() in p.read_bytes())]
+    assert not holding, holding[:5]

@@ -60,13 +60,14 @@ def test_example_converges_with_new_level_labels_only(example, example_run):
     assert len(seen) == report["n_relabeled"]
 
 
-def test_pick_data_is_never_duplicated(example, example_run):
-    """Steps read pick_data through hard links to the user's files: no copy per step or iteration."""
-    originals = {(p.stat().st_dev, p.stat().st_ino) for p in (example / "data" / "pick").rglob("*.npy")}
-    step_inputs = [p for p in (example_run / "work").rglob("*.npy")
-                   if "/inputs/artifacts/pick_data/" in str(p) and not p.is_symlink()]
-    assert len(step_inputs) >= 2 * 5 * len(originals) // 2  # model-devi and select-confs steps of every iteration
-    assert all((p.stat().st_dev, p.stat().st_ino) in originals for p in step_inputs)
+def test_pick_data_is_read_in_place_and_no_step_shares_a_users_file(example, example_run):
+    """Local steps read pick_data at the user's paths (no copy per step or iteration), and nothing under work/
+    is a hard link to the user's files, where an edit would change them."""
+    users = {(p.stat().st_dev, p.stat().st_ino) for p in (example / "data").rglob("*") if p.is_file()}
+    users |= {(p.stat().st_dev, p.stat().st_ino) for p in (example / "models").rglob("*") if p.is_file()}
+    work = [p for p in (example_run / "work").rglob("*") if p.is_file() and not p.is_symlink()]
+    assert work and not [p for p in work if (p.stat().st_dev, p.stat().st_ino) in users]
+    assert not [p for p in work if "/inputs/artifacts/pick_data/" in str(p)]
 
 
 def _rmse(models, system):
@@ -102,11 +103,13 @@ def test_final_models_predict_the_new_level_better_than_the_originals(example, e
 
 
 def test_the_run_shows_progress_and_reports_with_figures(example, example_run):
-    log = (example_run / "cli-stdout.txt").read_text()
-    # a line per step as it ends (iteration, step, frames relabeled so far), a row per iteration
-    assert re.search(r"^\[iteration 1\] run-train-000\d succeeded \(4 done\); frames relabeled so far: 10$", log, re.M)
-    assert re.search(r"^\[iteration 1\] run-fp-00000\d succeeded \(2 done\); frames relabeled so far: 25$", log, re.M)
+    log = (example_run / "cli-stdout.txt").read_text() + (example_run / "cli-stderr.txt").read_text()
+    # a quiet terminal: a row per iteration, nothing relayed from TensorFlow or deepmd-kit (in the steps' logs)
+    assert len(log.splitlines()) <= 30, log
+    assert not re.search(r"tensorflow|To get the best performance|DP_INFER_BATCH_SIZE|DEEPMD", log, re.I), log
     assert re.search(r"^\[iteration 1\] pool 190 ", log, re.M)
+    train_logs = list((example_run / "work").glob("*/iter-000001--run-train-0000/log.txt"))
+    assert train_logs and "DEEPMD" in train_logs[0].read_text()
     report = json.loads((example_run / "report.json").read_text())
     page = (example_run / "report.html").read_text()
     for name in ("deviation.png", "counts.png", "lcurves.png", "final_error.png"):

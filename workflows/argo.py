@@ -13,41 +13,27 @@ import contextlib
 import os
 
 from dflow import config, s3_config
+from dflow.utils import MinioClient
 
-# dflow_config keys a user may set, and the DFLOW_* variables dflow itself reads for them
-ARGO_KEYS = ("host", "namespace", "token", "k8s_config_file", "k8s_api_server", "service_account", "image_registry",
-             "pick_data_volume")
-S3_KEYS = ("endpoint", "console", "bucket_name", "access_key", "secret_key", "secure", "prefix", "repo_key", "repo")
-SECRET_KEYS = ("access_key", "secret_key")  # of s3_config
-SECRET_CONFIG = ("token",)  # of dflow's config
-
-
-class ArgoSettingsError(ValueError):
-    pass
-
-
-def argo_host(dflow_conf: dict) -> str | None:
-    """The Argo server this run goes to: dflow_config.host, else DFLOW_HOST; None means local mode."""
-    return dflow_conf.get("host") or os.environ.get("DFLOW_HOST") or None
-
-
-def image_registry(dflow_conf: dict) -> str:
-    """Where the stage images live ("reg.example.org/team/"): dflow_config.image_registry, else
-    DFLOW_SIMPLIFY_IMAGE_REGISTRY; empty: the bare tags images/build.sh makes."""
-    registry = dflow_conf.get("image_registry") or os.environ.get("DFLOW_SIMPLIFY_IMAGE_REGISTRY") or ""
-    if registry and not registry.endswith("/"):
-        raise ArgoSettingsError(f"dflow_config.image_registry: expected a prefix ending with '/', got {registry!r}")
-    return registry
+from .settings import (  # noqa: F401 (the names other modules take from here)
+    ARGO_KEYS,
+    S3_KEYS,
+    SECRET_CONFIG,
+    SECRET_KEYS,
+    ArgoSettingsError,
+    argo_host,
+    check_argo_settings,
+    check_s3_settings,
+    image_registry,
+)
 
 
 def set_argo_mode(dflow_conf: dict, s3_conf: dict) -> dict:
     """Point dflow at the Argo server and the S3 store. Returns the settings used (secrets masked)."""
-    unknown = sorted(set(dflow_conf) - set(ARGO_KEYS))
-    if unknown:
-        raise ArgoSettingsError(f"dflow_config: unknown key(s) {unknown}; expected some of {list(ARGO_KEYS)}")
+    check_argo_settings(dflow_conf)
     host = argo_host(dflow_conf)
-    if not host.startswith(("http://", "https://")):
-        raise ArgoSettingsError(f"dflow_config.host: expected an http(s) URL of the Argo server, got {host!r}")
+    if host is None:
+        raise ArgoSettingsError("dflow_config.host: no Argo server given (nor DFLOW_HOST)")
     config["mode"] = "default"
     config["host"] = host.rstrip("/")
     if not os.environ.get("DFLOW_UTIL_IMAGE"):  # dflow's helper pods: our light image, not python:3.8 from a registry
@@ -68,13 +54,7 @@ def ui_link(host: str, namespace: str, workflow_id: str) -> str:
 
 def set_s3(s3_conf: dict) -> None:
     """dflow's S3 settings from `dflow_s3_config` (over DFLOW_S3_* variables)."""
-    unknown = sorted(set(s3_conf) - set(S3_KEYS))
-    if unknown:
-        raise ArgoSettingsError(f"dflow_s3_config: unknown key(s) {unknown}; expected some of {list(S3_KEYS)}")
-    if s3_conf.get("repo_key") and not s3_conf.get("repo"):
-        # dflow would read the ConfigMap from the cluster to learn the bucket's key prefix
-        raise ArgoSettingsError("dflow_s3_config.repo_key needs dflow_s3_config.repo (the artifact repository, "
-                                "as in the artifact-repositories ConfigMap, e.g. {\"s3\": {\"bucket\": ...}})")
+    check_s3_settings(s3_conf)
     s3_config.update({k: v for k, v in s3_conf.items() if k in S3_KEYS})
     if s3_conf.get("repo"):
         s3_config["repo_type"] = "s3" if "s3" in s3_conf["repo"] else "oss"
@@ -109,3 +89,21 @@ def s3_keys(secrets: dict | None):
         return
     with _replaced(s3_config, {k: secrets.get(k) for k in SECRET_KEYS}):
         yield
+
+
+class KeysInMemoryClient(MinioClient):
+    """dflow's MinIO client, for a local run with its inputs in S3 (DFLOW_DEBUG_S3): dflow writes `s3_config`
+    into every OP script it runs, and this client is written there without its keys (the OPs never reach S3
+    themselves in dflow's debug mode: the steps' inputs and outputs move in this process)."""
+
+    def __getstate__(self):
+        return {"bucket_name": self.bucket_name}
+
+
+@contextlib.contextmanager
+def keys_in_memory():
+    """The S3 keys withheld from dflow's settings and held by the storage client only; yields them for the
+    calls of this side that need them (InputStager)."""
+    client = KeysInMemoryClient()
+    with secrets_withheld() as secrets, _replaced(s3_config, {"storage_client": client}):
+        yield secrets

@@ -123,11 +123,16 @@ def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLik
     staging.mkdir(parents=True, exist_ok=True)
     LoopState.initial(cfg.systems).dump(staging / "state0.json")
     params = loop_parameters(cfg)
+    # pick_data read in place: from a mounted volume, or locally from the user's folders (never linked or
+    # copied into the steps, where an edit would reach the user's files)
+    in_place = bool(cfg.pick_volume) or (local and getattr(to_artifact, "local", False) and not cfg.pick_uri)
+    if in_place:
+        params["pick_data_paths"] = list(cfg.pick_roots)
     tconf = StageSettings(cfg.jdata["step_configs"], cfg.fp_style, image_registry(cfg.jdata["dflow_config"]),
-                          pick_volume=cfg.pick_volume, local=local)
+                          pick_volume=cfg.pick_volume, local=local, pick_in_place=in_place)
 
-    # pick_data: one artifact (uploaded once, or an s3:// prefix), or read in place from a mounted volume
-    pick_data = None if cfg.pick_volume else to_artifact([cfg.pick_uri] if cfg.pick_uri else cfg.pick_roots)
+    # pick_data: one artifact (uploaded once, or an s3:// prefix), or read in place
+    pick_data = None if in_place else to_artifact([cfg.pick_uri] if cfg.pick_uri else cfg.pick_roots)
     state0 = to_artifact(str(staging / "state0.json"))
     models0 = cfg.iter0_models or _placeholder_models(cfg.jdata["numb_models"], staging / "no-model")
     init_models = to_artifact(models0, items=cfg.iter0_items)

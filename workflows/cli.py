@@ -26,6 +26,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="DP-GEN simplify parameter file (JSON)")
     run.add_argument("--check", action="store_true", help="validate the config and exit")
     run.add_argument("-o", "--output", help="output folder (default: ./<workflow name>)")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="local mode: relay every step's own output (kept in its log.txt under <output>/work)")
     run.add_argument("--render", metavar="FILE",
                      help="write the Argo Workflow manifest (JSON) that would be submitted, contacting no server")
     for name in COMMANDS:
@@ -65,21 +67,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return 0
     from .argo import ArgoSettingsError
+    from .inputs import S3Unavailable
 
     try:
         return _run(cfg, config_path, args)
     except ArgoSettingsError as e:  # dflow_config / dflow_s3_config, found before anything is built or sent
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except S3Unavailable as e:
+        print(f"error: uploading the inputs failed: {e}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _run(cfg: SimplifyConfig, config_path: Path, args) -> int:
-    from .submit import config_digest, previous_run, render, run_local, submit_argo, workflow_name
+    from .submit import render, workflow_name
 
     if args.render:
         return render(cfg, config_path, Path(args.render))
     output = Path(args.output) if args.output else Path.cwd() / workflow_name(config_path)
+    from .output import OutputError, check_output
+
+    try:
+        check_output(output, cfg.pick_roots)
+        return _run_in(cfg, config_path, output, args.verbose)
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _run_in(cfg: SimplifyConfig, config_path: Path, output: Path, verbose: bool) -> int:
     from .argo import argo_host
+    from .submit import config_digest, previous_run, run_local, submit_argo
 
     if argo_host(cfg.jdata["dflow_config"]):
         prev = previous_run(output.resolve(), config_digest(cfg))
@@ -90,7 +108,7 @@ def _run(cfg: SimplifyConfig, config_path: Path, args) -> int:
                   "or give another --output", file=sys.stderr)
             return EXIT_CONFIG
         return submit_argo(cfg, config_path.resolve(), output.resolve())
-    return run_local(cfg, config_path.resolve(), output.resolve())
+    return run_local(cfg, config_path.resolve(), output.resolve(), verbose=verbose)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,14 @@ import json
 import os
 import re
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from dargs import Argument
 
-from dflow_simplify.ops.data import count_frames, expand_roots, find_systems
+from dflow_simplify.ops.data import count_frames, expand_roots, find_systems, npy_shape
 from dflow_simplify.ops.fp.bad_box import parse_criteria
 from dflow_simplify.ops.fp.base import ENGINES, get_engine
 from dflow_simplify.ops.selection import STYLES
@@ -104,10 +106,58 @@ def normalize(raw: dict) -> dict:
     return data
 
 
+# trust levels where infinity means "unset" (no failed frames; no candidate by that quantity), as DP-GEN's 1e10
+INFINITE_OK = {"model_devi_f_trust_hi", "model_devi_e_trust_lo", "model_devi_e_trust_hi", "true_error_f_trust_lo",
+               "true_error_f_trust_hi", "true_error_e_trust_lo", "true_error_e_trust_hi"}
+BATCH_SIZE = re.compile(r"(auto|mixed|max|filter)(:[1-9][0-9]*)?")
+
+
+def _check_finite(node, where: str = "") -> None:
+    """No NaN anywhere in the config; infinity only for the trust levels where it means unset."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{where}[{i}]")
+    elif isinstance(node, float) and node != node:
+        raise ConfigError(f"{where}: NaN is not a number; expected a real value")
+    elif isinstance(node, float) and abs(node) == float("inf") and where not in INFINITE_OK:
+        raise ConfigError(f"{where}: expected a finite number, got {node}")
+
+
+def _check_batch_size(key: str, value) -> None:
+    for v in value if isinstance(value, list) else [value]:
+        ok = (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or (isinstance(v, str) and BATCH_SIZE.fullmatch(v))
+        if not ok:
+            raise ConfigError(f"{key}: expected a positive integer, 'auto' or 'auto:N' (or a list of them), got {v!r}")
+    if isinstance(value, list) and not value:
+        raise ConfigError(f"{key}: expected a batch size, got an empty list")
+
+
+def _check_ranges(j: dict) -> None:
+    """Counts, shares and seeds in the range where they mean something."""
+    for key in ("fp_task_max", "stop_iter", "training_reuse_numb_steps"):
+        if j.get(key) is not None and j[key] < 1:
+            raise ConfigError(f"{key}: expected a positive integer, got {j[key]}")
+    for key in ("fp_task_min", "pick_seed", "training_reuse_iter"):
+        if j.get(key) is not None and j[key] < 0:
+            raise ConfigError(f"{key}: expected an integer >= 0, got {j[key]}")
+    for key in ("ratio_failed", "fp_accurate_threshold", "fp_accurate_soft_threshold"):
+        if j.get(key) is not None and not 0 <= j[key] <= 1:
+            raise ConfigError(f"{key}: expected a share between 0 and 1, got {j[key]}")
+    for key in ("sys_batch_size", "init_batch_size"):
+        _check_batch_size(key, j[key])
+
+
 def _check_numbers(j: dict) -> None:
+    _check_finite(j)
+    _check_ranges(j)
     for key in ("numb_models", "init_pick_number", "iter_pick_number"):
         if j[key] < 1:
             raise ConfigError(f"{key}: expected a positive integer, got {j[key]}")
+    if j["model_devi_f_trust_lo"] == float("inf"):
+        raise ConfigError("model_devi_f_trust_lo: expected a finite number (infinity retires every frame as accurate)")
     for q in ("f", "e"):
         lo, hi = j[f"model_devi_{q}_trust_lo"], j[f"model_devi_{q}_trust_hi"]
         if lo < 0 or lo > hi:
@@ -146,6 +196,32 @@ def _check_numbers(j: dict) -> None:
         raise ConfigError(f"default_training_param.model.type_map {tm} differs from type_map {j['type_map']}")
     if "training" not in j["default_training_param"]:
         raise ConfigError("default_training_param: expected a deepmd-kit input with a 'training' section")
+    _check_training_param(j["default_training_param"])
+
+
+def _check_training_param(template: dict) -> None:
+    """deepmd-kit's own argument check of the training input (its training_data is set per iteration)."""
+    try:
+        from deepmd.utils.argcheck import normalize as deepmd_normalize
+    except ImportError:  # a submit-only environment without deepmd-kit: the pods check it
+        return
+    jinput = json.loads(json.dumps(template))
+    jinput["training"]["training_data"] = {"systems": ["iter_data"]}
+    try:
+        deepmd_normalize(jinput)
+    except Exception as e:  # dargs' errors name the location and the key
+        msg = re.sub(r"\[at location `([^`]*)`\] ", lambda m: f"at {m.group(1).replace('/', '.')}: ", str(e))
+        raise ConfigError(f"default_training_param (checked by deepmd-kit): {msg.strip()}") from None
+
+
+def _check_settings(j: dict) -> None:
+    from .settings import ArgoSettingsError, check_argo_settings, check_s3_settings
+
+    try:
+        check_argo_settings(j["dflow_config"])
+        check_s3_settings(j["dflow_s3_config"])
+    except ArgoSettingsError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_step_configs(j: dict) -> None:
@@ -249,6 +325,7 @@ def _index_pick_data(cfg: SimplifyConfig, patterns: list[str]) -> None:
     _set(cfg, pick_roots=expand_roots(patterns, cfg.base_dir))
     if not cfg.pick_roots:
         raise ConfigError(f"pick_data: no file or folder matches {patterns} (relative to {cfg.base_dir})")
+    _check_roots_distinct(cfg.pick_roots)
     engine = get_engine(cfg.fp_style)
     for i, root in enumerate(cfg.pick_roots):
         names = find_systems(root)
@@ -261,29 +338,85 @@ def _index_pick_data(cfg: SimplifyConfig, patterns: list[str]) -> None:
             key = f"{i}/{name}"
             _check_system(cfg, key, root, name, needs_labels=engine.needs_input_labels)
             cfg.systems[key] = count_frames(cfg.pick_roots, key)
+    if not cfg.n_frames:
+        raise ConfigError(f"pick_data: its {len(cfg.systems)} system(s) hold no frame; expected at least "
+                          f"init_pick_number = {cfg.jdata['init_pick_number']}")
+
+
+def _check_roots_distinct(roots: list[str]) -> None:
+    """No root is another one, or inside it, once links are resolved: its frames would count twice."""
+    reals = [os.path.realpath(r) for r in roots]
+    for i, a in enumerate(reals):
+        for j, b in enumerate(reals):
+            if i != j and os.path.commonpath([a, b]) == b:
+                what = "the same folder as" if a == b else "inside"
+                raise ConfigError(f"pick_data: {roots[i]} is {what} {roots[j]}; its frames would be counted twice. "
+                                  "List each folder once")
 
 
 def _check_system(cfg: SimplifyConfig, key: str, root: str, name: str, needs_labels: bool) -> None:
+    """A deepmd/npy system's type.raw and array shapes (headers only), each file named when it is wrong."""
     if "#" in name:
         return  # HDF5: dpdata checks it when the system is read
     sys_dir = Path(root, name)
+    type_map = cfg.jdata["type_map"]
+    try:
+        types = [int(t) for t in (sys_dir / "type.raw").read_text().split()]
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"pick_data: {sys_dir / 'type.raw'}: expected one integer type per atom") from None
+    if not types:
+        raise ConfigError(f"pick_data: {sys_dir / 'type.raw'} is empty; expected one integer type per atom")
     tm_file = sys_dir / "type_map.raw"
-    types = [int(t) for t in (sys_dir / "type.raw").read_text().split()]
     if tm_file.exists():
         names = tm_file.read_text().split()
-        unknown = sorted({names[t] for t in types} - set(cfg.jdata["type_map"]))
+        if max(types) >= len(names) or min(types) < 0:
+            raise ConfigError(f"pick_data: {sys_dir / 'type.raw'} uses type {max(types)} but {tm_file} names "
+                              f"{len(names)} elements")
+        unknown = sorted({names[t] for t in types} - set(type_map))
         if unknown:
-            raise ConfigError(f"pick_data: system {sys_dir} has element(s) {unknown} not in type_map {cfg.jdata['type_map']}")
-    elif types and max(types) >= len(cfg.jdata["type_map"]):
+            raise ConfigError(f"pick_data: system {sys_dir} has element(s) {unknown} not in type_map {type_map}")
+    elif max(types) >= len(type_map) or min(types) < 0:
         raise ConfigError(f"pick_data: system {sys_dir} uses type {max(types)} but type_map has "
-                          f"{len(cfg.jdata['type_map'])} elements")
-    if not glob.glob(str(sys_dir / "set.*" / "box.npy")):
+                          f"{len(type_map)} elements")
+    sets = sorted(glob.glob(str(sys_dir / "set.*")))
+    if not any(os.path.isfile(os.path.join(d, "box.npy")) for d in sets):
         raise ConfigError(f"pick_data: system {sys_dir} has no set.*/box.npy")
+    for set_dir in sets if not cfg.pick_uri else []:  # in S3 only the index files are fetched for the check
+        _check_set(Path(set_dir), len(types))
     if needs_labels:
         for arr in ("energy.npy", "force.npy"):
             if not glob.glob(str(sys_dir / "set.*" / arr)):
                 what = "labeled: true" if cfg.jdata["labeled"] else f"fp_style {cfg.fp_style!r}"
                 raise ConfigError(f"pick_data: system {sys_dir} lacks {arr}, which {what} needs")
+
+
+SET_ARRAYS = {"box.npy": lambda n: (9,), "coord.npy": lambda n: (3 * n,), "energy.npy": lambda n: (),
+              "force.npy": lambda n: (3 * n,), "virial.npy": lambda n: (9,)}
+
+
+def _check_set(set_dir: Path, natoms: int) -> None:
+    """Every array of one set.* folder: readable, frames per row as box.npy says, atoms as type.raw says."""
+    frames = None
+    for name, row in SET_ARRAYS.items():
+        path = set_dir / name
+        if not path.exists():
+            if name in ("box.npy", "coord.npy"):
+                raise ConfigError(f"pick_data: {path} is missing")
+            continue
+        try:
+            shape = npy_shape(path)
+        except ValueError as e:
+            raise ConfigError(f"pick_data: {e}") from None
+        n = shape[0] if shape else 0
+        per_frame = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+        expect = int(np.prod(row(natoms))) if row(natoms) else 1
+        if len(shape) == 0 or per_frame != expect:
+            raise ConfigError(f"pick_data: {path} has shape {shape}; expected (frames, {expect}) for {natoms} atoms "
+                              f"(type.raw)")
+        if frames is None:
+            frames = n
+        elif n != frames:
+            raise ConfigError(f"pick_data: {path} has {n} frames but {set_dir / 'box.npy'} has {frames}")
 
 
 def _resolve_models(cfg: SimplifyConfig) -> None:
@@ -304,6 +437,10 @@ def _resolve_models(cfg: SimplifyConfig) -> None:
                 raise ConfigError(f"{key}: expected numb_models = {n} files, got {len(files)}")
             if mode == "finetune" and backend == "pytorch" and not all(f.endswith(".pt") for f in files):
                 raise ConfigError(f"{key}: the pytorch backend finetunes from .pt checkpoints, not frozen .pth files")
+            for f in files:
+                if f.endswith((".pt", ".pth")) and not zipfile.is_zipfile(f):
+                    raise ConfigError(f"{key}: {f} is no PyTorch model file (expected a zip archive, as torch.save "
+                                      "writes)")
             _set(cfg, iter0_models=[os.path.abspath(f) for f in files], init_mode=mode)
             return
     if j["training_init_model"] and any(is_s3_uri(p) for p in _as_list(j["training_iter0_model_path"])):
@@ -319,7 +456,33 @@ def _resolve_models(cfg: SimplifyConfig) -> None:
         for d in dirs:
             if not glob.glob(os.path.join(d, ckpt)) and not glob.glob(os.path.join(d, "model.ckpt*.pt")):
                 raise ConfigError(f"training_iter0_model_path: {d} holds no {backend} checkpoint ({ckpt})")
+            _check_model_folder(Path(d), j["type_map"])
         _set(cfg, iter0_models=[os.path.abspath(d) for d in dirs], init_mode="init_model")
+
+
+def _check_model_folder(folder: Path, type_map: list[str]) -> None:
+    """A training folder's TensorFlow `checkpoint` file (text naming a saved step) and the type map of the
+    input.json it was trained with, where those files are there."""
+    ckpt_file = folder / "checkpoint"
+    if ckpt_file.exists():
+        try:
+            text = ckpt_file.read_text()
+        except UnicodeDecodeError:
+            raise ConfigError(f"training_iter0_model_path: {ckpt_file} is not TensorFlow's checkpoint text file "
+                              "(unreadable bytes)") from None
+        m = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', text, re.M)
+        if not m or not (folder / (m.group(1) + ".index")).exists():
+            raise ConfigError(f"training_iter0_model_path: {ckpt_file} names no saved checkpoint in {folder}")
+    input_json = folder / "input.json"
+    if input_json.exists():
+        try:
+            old = json.loads(input_json.read_text()).get("model", {}).get("type_map")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            raise ConfigError(f"training_iter0_model_path: {input_json} is not a deepmd-kit input (JSON)") from None
+        if old is not None and list(old) != list(type_map):
+            raise ConfigError(f"type_map {type_map} differs from the type map {old} the model in {folder} was trained "
+                              f"with ({input_json}); the models read types by index: give their type_map, in "
+                              "their order")
 
 
 def _s3_models(cfg: SimplifyConfig, paths: list[str]) -> None:
@@ -416,6 +579,7 @@ def validate(raw: dict, base_dir: str | os.PathLike) -> SimplifyConfig:
 def _validate(raw: dict, base_dir: str | os.PathLike) -> SimplifyConfig:
     jdata = normalize(raw)
     _check_numbers(jdata)
+    _check_settings(jdata)
     _check_step_configs(jdata)
     cfg = SimplifyConfig(jdata=jdata, base_dir=Path(base_dir).resolve())
     _check_engine(cfg)

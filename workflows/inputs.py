@@ -48,6 +48,10 @@ def s3_key(uri: str) -> str:
     return key
 
 
+class S3Unavailable(RuntimeError):
+    """An input could not be uploaded or checked in the bucket; the message names the endpoint."""
+
+
 class InputStager:
     """Turns the workflow's inputs into artifacts; records what it uploaded (for the tests and the log)."""
 
@@ -63,6 +67,13 @@ class InputStager:
         paths = [paths] if isinstance(paths, str) else list(paths)
         if self.local:
             return upload_artifact(paths)
+        try:
+            return self._to_s3(paths, items)
+        except Exception as e:  # the S3 client's errors (endpoint down, keys refused): one line, not a traceback
+            raise S3Unavailable(f"S3 at {s3_config['endpoint']} (bucket {s3_config['bucket_name']!r}): "
+                                f"{type(e).__name__}: {str(e)[:300]}") from e
+
+    def _to_s3(self, paths: list[str], items: list[str] | None):
         if len(paths) == 1 and is_s3_uri(paths[0]):
             if not self.render:
                 with s3_keys(self.secrets):

@@ -127,7 +127,7 @@ def status(run: Run) -> int:
     if st != "NotStarted":
         steps = run.wf.query_step()
         print(format_table(iteration_rows(steps)))
-        running = _running_steps(steps)
+        running = _running_steps(steps) if st in ("Running", "Pending") else []
         if running:
             print("running: " + ", ".join(running))
     return 0 if st in ("Succeeded", "Running", "Pending") else 1
@@ -159,7 +159,7 @@ def watch(run: Run, interval: float = 5.0) -> int:
         while True:
             st = _status(run)
             steps = run.wf.query_step() if st != "NotStarted" else []
-            live.update(view(st, iteration_rows(steps), _running_steps(steps)))
+            live.update(view(st, iteration_rows(steps), _running_steps(steps) if st not in DONE else []))
             if st in DONE:
                 break
             time.sleep(interval)
@@ -211,6 +211,7 @@ def delete(run: Run) -> int:
 
 def run_command(name: str, run_id: str, config: str | None, output: str | None) -> int:
     from .argo import ArgoSettingsError
+    from .output import OutputError
 
     try:
         run = attach(run_id, config, needs_config=name in ("download", "resubmit"))
@@ -228,7 +229,7 @@ def run_command(name: str, run_id: str, config: str | None, output: str | None) 
             from .submit import resubmit
 
             return resubmit(run)
-    except (RunError, ArgoSettingsError) as e:
+    except (RunError, ArgoSettingsError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     raise ValueError(name)

@@ -139,8 +139,10 @@ class StageSettings:
     """What each stage's template and step get, from step_configs and the default images."""
 
     def __init__(self, step_configs: dict, fp_style: str, registry: str = "", pick_volume: dict | None = None,
-                 local: bool = False):
+                 local: bool = False, pick_in_place: bool = False):
         self.local = local  # dflow's debug mode: every OP runs on this machine, nothing to mount or dispatch
+        # the OPs read pick_data at its own paths (a mounted volume, or this machine): no pick_data artifact
+        self.pick_in_place = pick_in_place or pick_volume is not None
         self.step_configs = step_configs
         self.fp_style = fp_style
         self.registry = registry

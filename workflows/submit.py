@@ -5,6 +5,7 @@ records the run). Sets dflow's mode, once, before any Step is built; cli.py and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from .config import EXIT_CONFIG, SimplifyConfig
+from .output import output_lock
 from .record import RECORD, RunRecord
 from .superop import StageOps
 
@@ -25,13 +27,35 @@ def workflow_name(config_path: Path) -> str:
     stem = config_path.stem
     if stem.lower() in ("config", "simplify", "input", "param", "params"):
         stem = config_path.resolve().parent.name
-    stem = "".join(c if c.isalnum() else "-" for c in stem.lower()).strip("-") or "run"
+    stem = "".join(c if c.isascii() and c.isalnum() else "-" for c in stem.lower()).strip("-") or "run"
     return f"simplify-{stem}"[:40].rstrip("-")
 
 
 def config_digest(cfg: SimplifyConfig) -> str:
-    blob = json.dumps({"jdata": cfg.jdata, "roots": cfg.pick_uri or cfg.pick_roots, "models": cfg.iter0_models}, sort_keys=True)
+    """The run's fingerprint: the config, and the paths, sizes and modification times of every local input
+    file (pick_data, the starting models, init data), so that a changed input is not resumed as the same."""
+    local = [p for p in [*cfg.pick_roots, *cfg.iter0_models, *cfg.init_data] if not p.startswith("s3://")]
+    blob = json.dumps({"jdata": cfg.jdata, "roots": cfg.pick_uri or cfg.pick_roots, "models": cfg.iter0_models,
+                       "files": file_stats(local)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def file_stats(paths: list[str]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime in ns) of every file under `paths`, links followed once."""
+    out, walked = [], set()
+    for top in paths:
+        files = [top] if os.path.isfile(top) else []
+        for d, dirs, fs in os.walk(top, followlinks=True):
+            walked.add(os.path.realpath(d))
+            dirs[:] = [x for x in dirs if os.path.realpath(os.path.join(d, x)) not in walked]
+            files += [os.path.join(d, f) for f in fs]
+        for f in files:
+            try:
+                st = os.stat(f)
+            except OSError:  # a dangling link: its absence is part of the fingerprint
+                continue
+            out.append((f, st.st_size, st.st_mtime_ns))
+    return sorted(out)
 
 
 def set_local_mode(workdir: Path) -> None:
@@ -43,16 +67,25 @@ def set_local_mode(workdir: Path) -> None:
 
     dflow_config["mode"] = "debug"
     dflow_config["debug_workdir"] = str(workdir.resolve())
-    # step inputs as hard links: no symlinks into other steps, and pick_data's bytes are never duplicated
-    # (the OPs only read their inputs; dflow falls back to copies across file systems)
-    dflow_config["debug_copy_method"] = "link"
+    # step inputs as copies: no link into the user's files or another step's (pick_data, the one big input,
+    # is read in place: build.py passes its paths, not an artifact)
+    dflow_config["debug_copy_method"] = "copy"
 
 
-class TablePrinter:
-    """Prints, from a background thread, a line per step as it ends and a row per iteration as soon as it is known."""
+class ProgressPrinter:
+    """While a local run goes, from a background thread: a row per iteration as soon as its labels are in, a
+    line per failed step at once, and, on a terminal, a live status line with the last step that ended
+    (every step's line with `verbose`). Prints to `out`, the terminal the run started with."""
 
-    def __init__(self, wf):
-        self.wf, self.printed, self.seen, self.stop = wf, set(), set(), threading.Event()
+    def __init__(self, wf, out, verbose: bool = False):
+        from rich.console import Console
+
+        self.wf, self.verbose, self.printed, self.seen, self.stop = wf, verbose, set(), set(), threading.Event()
+        self.console = Console(file=out, highlight=False, soft_wrap=True)
+        self.status = self.console.status("starting", spinner="line") if self.console.is_terminal else None
+
+    def say(self, line: str) -> None:
+        self.console.print(line, markup=False)
 
     def poll(self) -> None:
         from .report import iteration_rows, step_events
@@ -64,27 +97,41 @@ class TablePrinter:
         except Exception:  # the workflow folder is being written; try again later
             return
         for line in events:
-            print(line, flush=True)
+            if self.verbose or line.split(";")[0].endswith(("failed", "error")):
+                self.say(line)
+            elif self.status is not None:
+                self.status.update(line)
         for r in rows:
             if r["iteration"] not in self.printed and r["fp_done"]:
                 self.printed.add(r["iteration"])
-                print(f"[iteration {r['iteration']}] pool {r.get('n_pool')}  candidate {r.get('n_candidate')}  "
-                      f"accurate {r.get('n_accurate')}  failed {r.get('n_failed')}  selected {r.get('n_selected')}  "
-                      f"relabeled {r['n_relabeled']}", flush=True)
+                self.say(f"[iteration {r['iteration']}] pool {r.get('n_pool')}  candidate {r.get('n_candidate')}  "
+                         f"accurate {r.get('n_accurate')}  failed {r.get('n_failed')}  selected {r.get('n_selected')}  "
+                         f"relabeled {r['n_relabeled']}")
 
     def run(self) -> None:
+        if self.status is not None:
+            self.status.start()
         while not self.stop.wait(3.0):
             self.poll()
+        if self.status is not None:
+            self.status.stop()
 
 
-def run_local(cfg: SimplifyConfig, config_path: Path, output: Path, ops: StageOps = StageOps()) -> int:
-    """Run (or resume) the workflow in dflow's debug mode; `ops` the OP class of each stage."""
-    output.mkdir(parents=True, exist_ok=True)
+def run_local(cfg: SimplifyConfig, config_path: Path, output: Path, ops: StageOps = StageOps(),
+              verbose: bool = False) -> int:
+    """Run (or resume) the workflow in dflow's debug mode, holding the output folder's lock; `ops` the OP
+    class of each stage. Each step's own output goes to its log.txt under `<output>/work`; `verbose` relays
+    it to the terminal too."""
+    with output_lock(output):
+        return _run_local(cfg, config_path, output, ops, verbose)
+
+
+def _run_local(cfg: SimplifyConfig, config_path: Path, output: Path, ops: StageOps, verbose: bool) -> int:
     workdir = output / "work"
     set_local_mode(workdir)  # before any Step is built: dflow renders expressions per mode
     from dflow import config as dflow_config
 
-    from .argo import set_s3
+    from .argo import keys_in_memory, set_s3
     from .build import build_workflow
     from .inputs import InputStager
 
@@ -102,26 +149,37 @@ def run_local(cfg: SimplifyConfig, config_path: Path, output: Path, ops: StageOp
     def save_record() -> None:
         RunRecord.of(cfg, wf.id, digest, "local", str(config_path), debug_s3=bool(dflow_config["debug_s3"])).save(output)
 
-    stager = InputStager(local=not dflow_config["debug_s3"])
-    wf = build_workflow(cfg, workflow_name(config_path), output / "staging", workflow_id=wf_id, stage=stager,
-                        ops=ops, local=True)
-    printer = TablePrinter(wf)
-    thread = threading.Thread(target=printer.run, daemon=True)
-    if wf_id is None:
-        # dflow picks the id at submit; record it as soon as the workflow folder exists
-        thread_id = threading.Thread(target=_record_id, args=(workdir, wf, save_record), daemon=True)
-        thread_id.start()
-    thread.start()
-    t0 = time.time()
-    wf.submit()
+    with contextlib.ExitStack() as scope:
+        # a local run with its inputs in S3: the keys stay in this process (dflow writes s3_config into every
+        # OP script it runs, under work/)
+        secrets = scope.enter_context(keys_in_memory()) if dflow_config["debug_s3"] else None
+        stager = InputStager(local=not dflow_config["debug_s3"], secrets=secrets)
+        wf = build_workflow(cfg, workflow_name(config_path), output / "staging", workflow_id=wf_id, stage=stager,
+                            ops=ops, local=True)
+        printer = ProgressPrinter(wf, sys.stdout, verbose)
+        thread = threading.Thread(target=printer.run, daemon=True)
+        if wf_id is None:
+            # dflow picks the id at submit; record it as soon as the workflow folder exists
+            thread_id = threading.Thread(target=_record_id, args=(workdir, wf, save_record), daemon=True)
+            thread_id.start()
+        thread.start()
+        t0 = time.time()
+        if not verbose:  # dflow relays every OP's output to sys.stdout (its forked workers too)
+            scope.enter_context(contextlib.redirect_stdout(scope.enter_context(open(os.devnull, "w"))))
+        wf.submit()
     printer.stop.set()
+    thread.join()
     save_record()
     status = wf.query_status()
     if status != "Succeeded":
-        for line in failed_step_errors(workdir / wf.id):
+        printer.poll()
+        failures = failed_step_errors(workdir / wf.id)
+        for line in failures:
             print(f"error: {line}", file=sys.stderr)
-        print(f"error: workflow {wf.id} {status}; logs under {workdir / wf.id}. "
-              f"Run the same command again to resume.", file=sys.stderr)
+        again = ("the failure above is deterministic: fix its cause first; running the same command again then "
+                 "resumes" if failures and all(": FatalError" in ln for ln in failures)
+                 else "run the same command again to resume")
+        print(f"error: workflow {wf.id} {status}; logs under {workdir / wf.id}; {again}.", file=sys.stderr)
         return 1
     printer.poll()
     from .report import collect_outputs
@@ -153,7 +211,7 @@ def render(cfg: SimplifyConfig, config_path: Path, target: Path) -> int:
 
 
 def failed_step_errors(wf_dir: Path) -> list[str]:
-    """`<step key>: <last exception line>` for every failed OP step of a local run."""
+    """`<step key>: <last exception line> (log: <its log.txt>)` for every failed OP step of a local run."""
     out = []
     for phase in sorted(wf_dir.glob("*/phase")):
         log = phase.parent / "log.txt"
@@ -162,7 +220,7 @@ def failed_step_errors(wf_dir: Path) -> list[str]:
             errors = [m.group(1) for ln in log.read_text(errors="replace").splitlines()
                       if (m := re.match(r"^(?:[A-Za-z_][\w]*\.)*(\w*(?:Error|Exception)\b.*)", ln))]
             if errors:
-                out.append(f"{phase.parent.name}: {errors[-1]}")
+                out.append(f"{phase.parent.name}: {errors[-1]} (log: {log})")
     return out
 
 
@@ -189,13 +247,17 @@ def submit_argo(cfg: SimplifyConfig, config_path: Path, output: Path, reuse_from
     """Upload the inputs (once: content hash), build the workflow with the secrets withheld, submit it,
     print the Argo UI link and record the run in `<output>/workflow.json`. `reuse_from`: a workflow whose
     finished steps the new one reuses (resubmit)."""
+    with output_lock(output):
+        return _submit_argo(cfg, config_path, output, reuse_from)
+
+
+def _submit_argo(cfg: SimplifyConfig, config_path: Path, output: Path, reuse_from) -> int:
     from .argo import secrets_withheld, set_argo_mode, ui_link
 
     settings = set_argo_mode(cfg.jdata["dflow_config"], cfg.jdata["dflow_s3_config"])  # before any Step
     from .build import build_workflow
     from .inputs import InputStager
 
-    output.mkdir(parents=True, exist_ok=True)
     digest = config_digest(cfg)
     reuse = None
     if reuse_from is not None:

@@ -89,8 +89,8 @@ class SimplifyIteration(Steps):
         super().__init__(name)
         for p in LOOP_PARAMETERS:
             self.inputs.parameters[p] = InputParameter()
-        # pick_data: not an artifact at all when the OPs read it in place from a volume (pick_data_paths)
-        for a in ("state", "init_models") + (() if settings.pick_volume else ("pick_data",)):
+        # pick_data: not an artifact at all when the OPs read it in place (pick_data_paths: a volume, or local)
+        for a in ("state", "init_models") + (() if settings.pick_in_place else ("pick_data",)):
             self.inputs.artifacts[a] = InputArtifact()
         for a in ("iter_data", "probe_data", "new_data", "fp_failures", "init_data", "fp_files"):
             self.inputs.artifacts[a] = InputArtifact(optional=True)

@@ -57,6 +57,23 @@ class DFTD3(Engine):
                      doc="cutoffs in Bohr: {disp2, disp3, cn} (library defaults 60, 40, 40)"),
         ]
 
+    def check(self, params: dict, type_map: list[str]) -> None:
+        damping, method = params.get("damping", "d3bj"), params.get("method", "pbe")
+        if damping not in DAMPINGS:
+            raise ValueError(f"damping: expected one of {list(DAMPINGS)}, got {damping!r}")
+        from dftd3 import interface
+
+        try:  # the library's own table says which functionals it has parameters for
+            getattr(interface, DAMPINGS[damping])(method=method, atm=params.get("atm", False))
+        except Exception as e:
+            raise ValueError(f"method: simple-dftd3 has no {damping} parameters for {method!r} ({e})") from None
+        unknown = set(params.get("realspace_cutoff") or {}) - {"disp2", "disp3", "cn"}
+        if unknown:
+            raise ValueError(f"realspace_cutoff: unknown key(s) {sorted(unknown)}; expected disp2, disp3, cn")
+        missing = [e for e in type_map if e not in atomic_numbers]
+        if missing:
+            raise ValueError(f"type_map: {missing} are no element symbols; D3 needs the elements")
+
     def label(self, frame: dpdata.System, workdir: str, params: dict, files_dir=None) -> dpdata.LabeledSystem:
         symbols = [frame["atom_names"][t] for t in frame["atom_types"]]
         e, f, v = d3_correction(symbols, frame["coords"][0], frame["cells"][0], not frame.nopbc,
