@@ -182,6 +182,10 @@ def _run_local(cfg: SimplifyConfig, config_path: Path, output: Path, ops: StageO
         print(f"error: workflow {wf.id} {status}; logs under {workdir / wf.id}; {again}.", file=sys.stderr)
         return 1
     printer.poll()
+    if not verbose:  # the report evaluates the final models here: deepmd-kit's notices are not news
+        import logging
+
+        logging.getLogger("deepmd").setLevel(logging.ERROR)
     from .report import collect_outputs
 
     report = collect_outputs(wf, cfg, output, wall_time=time.time() - t0)
