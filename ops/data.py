@@ -47,6 +47,22 @@ def _h5_groups(path: str) -> list[str]:
     return sorted(groups)
 
 
+def walk_once(top: str):
+    """(folder, file names) under `top`, sorted, links followed but never into a folder already walked (a link
+    loop, or a second path to the same folder; real folders are taken before links to them)."""
+    walked = set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        walked.add(os.path.realpath(dirpath))
+        keep = []
+        for d in sorted(dirnames, key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d)):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real not in walked:
+                walked.add(real)
+                keep.append(d)
+        dirnames[:] = sorted(keep)
+        yield dirpath, filenames
+
+
 def find_systems(root: str) -> list[str]:
     """Relative names of the deepmd systems inside one root: npy dirs holding type.raw, HDF5 groups.
     Symlinks are followed, but never into a folder already walked (a link loop, or a second path to
@@ -54,16 +70,8 @@ def find_systems(root: str) -> list[str]:
     root = str(root)
     if os.path.isfile(root) and root.endswith(H5_SUFFIXES):
         return ["#" + g for g in _h5_groups(root)]
-    found, walked = [], set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        walked.add(os.path.realpath(dirpath))
-        keep = []
-        for d in sorted(dirnames, key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d)):  # links last
-            real = os.path.realpath(os.path.join(dirpath, d))
-            if real not in walked:
-                walked.add(real)
-                keep.append(d)
-        dirnames[:] = sorted(keep)
+    found = []
+    for dirpath, filenames in walk_once(root):
         if "type.raw" in filenames:
             found.append(os.path.relpath(dirpath, root))
         for f in sorted(filenames):

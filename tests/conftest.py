@@ -34,6 +34,17 @@ def example_inputs(tmp_path_factory) -> Path:
     return folder
 
 
+def tiny_training_param(type_map: list[str]) -> dict:
+    """A deepmd-kit input small enough for wiring tests (deepmd-kit's argument check passes it)."""
+    return {
+        "model": {"type_map": list(type_map), "descriptor": {"type": "se_e2_a", "sel": [8, 8], "rcut": 4.0,
+                                                             "rcut_smth": 0.5, "neuron": [4]},
+                  "fitting_net": {"neuron": [4]}},
+        "learning_rate": {"start_lr": 0.001}, "loss": {},
+        "training": {"numb_steps": 1, "training_data": {"batch_size": "auto"}},
+    }
+
+
 def run_main(args, capsys) -> subprocess.CompletedProcess:
     """The CLI in this process, for refusals that end before any workflow is built (no dflow mode set):
     what run_cli gives, without a process start."""

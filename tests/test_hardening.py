@@ -19,7 +19,7 @@ from dflow_simplify.ops.data import find_systems
 from dflow_simplify.ops.prep_train import PrepTrainParams, last_step_saved, make_train_input
 from dflow_simplify.workflows.config import load_config
 from dflow_simplify.workflows.output import LOCK, output_lock
-from tests.conftest import ROOT, run_cli, run_main
+from tests.conftest import ROOT, run_cli, run_main, tiny_training_param
 
 TYPE_MAP = ["Ag", "Au"]
 NATOMS = 4
@@ -43,12 +43,7 @@ def base_config(**overrides) -> dict:
     cfg = {
         "type_map": TYPE_MAP, "pick_data": "pick", "labeled": True, "numb_models": 2,
         "init_pick_number": 2, "iter_pick_number": 2, "model_devi_f_trust_lo": 0.05, "model_devi_f_trust_hi": 10.0,
-        "default_training_param": {
-            "model": {"type_map": TYPE_MAP, "descriptor": {"type": "se_e2_a", "sel": [8, 8], "rcut": 4.0,
-                                                           "rcut_smth": 0.5, "neuron": [4]},
-                      "fitting_net": {"neuron": [4]}},
-            "learning_rate": {"start_lr": 0.001}, "loss": {},
-            "training": {"numb_steps": 1, "training_data": {"batch_size": "auto"}}},
+        "default_training_param": tiny_training_param(TYPE_MAP),
     }
     cfg.update(overrides)
     return cfg

@@ -15,7 +15,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from dflow_simplify.ops.loop_state import LoopState, flatten
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, tiny_training_param
 
 TYPE_MAP = ["Ag", "Au"]
 
@@ -54,12 +54,7 @@ def write_config(tmp_path: Path, pick_data: Path, **overrides) -> Path:
         "type_map": TYPE_MAP, "pick_data": str(pick_data), "labeled": True, "numb_models": 2,
         "init_pick_number": 10, "iter_pick_number": 10,
         "model_devi_f_trust_lo": 0.05, "model_devi_f_trust_hi": 10.0, "pick_seed": 3,
-        "default_training_param": {
-            "model": {"type_map": TYPE_MAP, "descriptor": {"type": "se_e2_a", "sel": [8, 8], "rcut": 4.0,
-                                                           "rcut_smth": 0.5, "neuron": [4]},
-                      "fitting_net": {"neuron": [4]}},
-            "learning_rate": {"start_lr": 0.001}, "loss": {},
-            "training": {"numb_steps": 1, "training_data": {"batch_size": "auto"}}},
+        "default_training_param": tiny_training_param(TYPE_MAP),
         "step_configs": {"run_fp": {"group_size": 10}},
     }
     cfg.update(overrides)

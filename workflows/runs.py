@@ -115,7 +115,10 @@ def _alive(pid_file: Path) -> bool:
         return False
 
 
-def _running_steps(steps) -> list[str]:
+def _running_steps(steps, st: str) -> list[str]:
+    """The running pods of a run whose status `st` says it still runs (a stopped run's steps keep their phase)."""
+    if st not in ("Running", "Pending"):
+        return []
     return sorted(s.key or s.displayName for s in steps if s.phase == "Running" and getattr(s, "type", "") == "Pod")
 
 
@@ -127,7 +130,7 @@ def status(run: Run) -> int:
     if st != "NotStarted":
         steps = run.wf.query_step()
         print(format_table(iteration_rows(steps)))
-        running = _running_steps(steps) if st in ("Running", "Pending") else []
+        running = _running_steps(steps, st)
         if running:
             print("running: " + ", ".join(running))
     return 0 if st in ("Succeeded", "Running", "Pending") else 1
@@ -159,7 +162,7 @@ def watch(run: Run, interval: float = 5.0) -> int:
         while True:
             st = _status(run)
             steps = run.wf.query_step() if st != "NotStarted" else []
-            live.update(view(st, iteration_rows(steps), _running_steps(steps) if st not in DONE else []))
+            live.update(view(st, iteration_rows(steps), _running_steps(steps, st)))
             if st in DONE:
                 break
             time.sleep(interval)

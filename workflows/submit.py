@@ -42,13 +42,11 @@ def config_digest(cfg: SimplifyConfig) -> str:
 
 def file_stats(paths: list[str]) -> list[tuple[str, int, int]]:
     """(path, size, mtime in ns) of every file under `paths`, links followed once."""
-    out, walked = [], set()
+    from dflow_simplify.ops.data import walk_once
+
+    out = []
     for top in paths:
-        files = [top] if os.path.isfile(top) else []
-        for d, dirs, fs in os.walk(top, followlinks=True):
-            walked.add(os.path.realpath(d))
-            dirs[:] = [x for x in dirs if os.path.realpath(os.path.join(d, x)) not in walked]
-            files += [os.path.join(d, f) for f in fs]
+        files = [top] if os.path.isfile(top) else [os.path.join(d, f) for d, fs in walk_once(top) for f in fs]
         for f in files:
             try:
                 st = os.stat(f)
