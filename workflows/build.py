@@ -17,6 +17,7 @@ from dflow_simplify.ops.selection import SelectParams, TrustLevels
 
 from .argo import image_registry
 from .config import SimplifyConfig
+from .dispatch import is_remote
 from .inputs import InputStager
 from .step_config import StageSettings
 from .superop import SimplifyIteration, StageOps, fp_step, select_step
@@ -125,11 +126,15 @@ def build_workflow(cfg: SimplifyConfig, name: str, staging_dir: str | os.PathLik
     params = loop_parameters(cfg)
     # pick_data read in place: from a mounted volume, or locally from the user's folders (never linked or
     # copied into the steps, where an edit would reach the user's files)
-    in_place = bool(cfg.pick_volume) or (local and getattr(to_artifact, "local", False) and not cfg.pick_uri)
+    # (ModelDevi as a batch job on another machine needs pick_data sent along: an artifact)
+    devi_elsewhere = is_remote(cfg.jdata["step_configs"].get("model_devi", {}).get("executor"))
+    in_place = bool(cfg.pick_volume) or (local and getattr(to_artifact, "local", False) and not cfg.pick_uri
+                                         and not devi_elsewhere)
     if in_place:
         params["pick_data_paths"] = list(cfg.pick_roots)
     tconf = StageSettings(cfg.jdata["step_configs"], cfg.fp_style, image_registry(cfg.jdata["dflow_config"]),
-                          pick_volume=cfg.pick_volume, local=local, pick_in_place=in_place)
+                          pick_volume=cfg.pick_volume, local=local, pick_in_place=in_place,
+                          jobs_root=staging.parent.resolve() / "jobs" if local else None)
 
     # pick_data: one artifact (uploaded once, or an s3:// prefix), or read in place
     pick_data = None if in_place else to_artifact([cfg.pick_uri] if cfg.pick_uri else cfg.pick_roots)

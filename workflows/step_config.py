@@ -6,21 +6,24 @@
 
 `template_config` goes to dflow's PythonOPTemplate (the pod: image, resources, node selector,
 tolerations, timeout, retries), the rest to the Step (parallelism, success ratio, executor) or the OP.
-RunTrain and RunFP may run on an HPC cluster instead of in pods: `"executor": {"type": "dispatcher",
-"host": ..., "username": ..., "machine_dict": {...}, "resources_dict": {...}}` (dflow's DispatcherExecutor,
-dpdispatcher underneath; ignored in local mode).
+RunTrain, ModelDevi and RunFP may run as batch jobs on an HPC cluster (Slurm, PBS, LSF, ...) instead of in
+pods or on this machine: `"executor": {"type": "dispatcher", "machine_dict": {...}, "resources_dict": {...}}`
+(dflow's DispatcherExecutor, dpdispatcher's Machine and Resources underneath; see workflows/dispatch.py).
 """
 
 from __future__ import annotations
 
-import inspect
+from pathlib import Path
 
 from dargs import Argument
 
 from dflow_simplify import __version__
 
+from .dispatch import check_executor, make_executor
+
 STAGES = ("prep_train", "run_train", "model_devi", "select_confs", "run_fp")
 SLICED = ("run_train", "run_fp")  # stages that run as parallel slices
+DISPATCHABLE = ("run_train", "model_devi", "run_fp")  # stages that may run as batch jobs (executor)
 
 # images/ builds these (images/build.sh tags them with the package version)
 IMAGE_LIGHT = f"dflow-simplify/light:{__version__}"
@@ -62,8 +65,11 @@ def stage_args(stage: str) -> Argument:
     if stage in SLICED:
         fields += [a("parallelism", int, optional=True, doc="at most this many slices at once"),
                    a("continue_on_success_ratio", [float, int], optional=True,
-                     doc="the step succeeds when this share of its slices did"),
-                   a("executor", dict, optional=True, doc='{"type": "dispatcher", ...DispatcherExecutor arguments}')]
+                     doc="the step succeeds when this share of its slices did")]
+    if stage in DISPATCHABLE:
+        fields.append(a("executor", dict, optional=True,
+                        doc='a batch job through dpdispatcher: {"type": "dispatcher", "machine": {...}, "resources": '
+                            '{...}, "poll_interval": 5} (README: On a Slurm cluster)'))
     if stage == "run_fp":
         fields.append(a("group_size", int, optional=True, default=10, doc="frames per RunFP slice"))
     if stage == "model_devi":
@@ -92,36 +98,6 @@ def check_step_configs(step_configs: dict) -> dict:
     return data
 
 
-def _dispatcher_parameters() -> list[str]:
-    from dflow.plugins.dispatcher import DispatcherExecutor
-
-    return [p for p in inspect.signature(DispatcherExecutor.__init__).parameters if p != "self"]
-
-
-def _secret_keys(node, where: str) -> list[str]:
-    if isinstance(node, dict):
-        found = [f"{where}.{k}" for k in node if k.lower() in ("password", "passwd", "secret", "token")]
-        return found + [x for k, v in node.items() for x in _secret_keys(v, f"{where}.{k}")]
-    return []
-
-
-def check_executor(executor: dict, where: str) -> None:
-    if executor.get("type") != "dispatcher":
-        raise ValueError(f"{where}.type: expected \"dispatcher\" (dflow's DispatcherExecutor), got "
-                         f"{executor.get('type')!r}")
-    unknown = sorted(set(executor) - {"type"} - set(_dispatcher_parameters()))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; DispatcherExecutor takes {_dispatcher_parameters()}")
-    if executor.get("private_key_file"):
-        raise ValueError(f"{where}.private_key_file: dflow would upload the SSH key into the bucket; give the "
-                         "dispatcher pods the key from the cluster side instead (machine_dict.remote_profile."
-                         "key_filename naming a key inside the executor's image or a mounted path)")
-    secrets = _secret_keys(executor, where)
-    if secrets:
-        raise ValueError(f"{', '.join(secrets)}: would be written into the workflow manifest; use an SSH key "
-                         "(private_key_file) or the cluster's own credentials instead")
-
-
 PICK_DATA_READERS = ("model_devi", "select_confs")
 
 
@@ -139,8 +115,9 @@ class StageSettings:
     """What each stage's template and step get, from step_configs and the default images."""
 
     def __init__(self, step_configs: dict, fp_style: str, registry: str = "", pick_volume: dict | None = None,
-                 local: bool = False, pick_in_place: bool = False):
-        self.local = local  # dflow's debug mode: every OP runs on this machine, nothing to mount or dispatch
+                 local: bool = False, pick_in_place: bool = False, jobs_root: Path | None = None):
+        self.local = local  # dflow's debug mode: every OP runs on this machine (or as a batch job), nothing to mount
+        self.jobs_root = jobs_root  # local mode: where LocalContext batch jobs keep their files
         # the OPs read pick_data at its own paths (a mounted volume, or this machine): no pick_data artifact
         self.pick_in_place = pick_in_place or pick_volume is not None
         self.step_configs = step_configs
@@ -167,13 +144,11 @@ class StageSettings:
         return out
 
     def step(self, stage: str) -> dict:
-        """Step keyword arguments (sliced stages only)."""
+        """Step keyword arguments: a sliced stage's parallelism and success ratio, a batch-job executor."""
         conf = self.conf(stage)
         out = {k: conf[k] for k in ("parallelism", "continue_on_success_ratio") if conf.get(k) is not None}
-        if conf.get("executor") and not self.local:
-            from dflow.plugins.dispatcher import DispatcherExecutor
-
-            out["executor"] = DispatcherExecutor(**{k: v for k, v in conf["executor"].items() if k != "type"})
+        if conf.get("executor"):
+            out["executor"] = make_executor(conf["executor"], self.jobs_root)
         return out
 
     def __call__(self, stage: str) -> dict:  # the TemplateConfig callable superop.py expects

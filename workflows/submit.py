@@ -219,10 +219,13 @@ def failed_step_errors(wf_dir: Path) -> list[str]:
         log = phase.parent / "log.txt"
         if phase.read_text().strip() == "Failed" and log.exists():
             # the exception's last line, its class without the module (dflow.python...FatalError: ...)
-            errors = [m.group(1) for ln in log.read_text(errors="replace").splitlines()
+            text = log.read_text(errors="replace")
+            errors = [m.group(1) for ln in text.splitlines()
                       if (m := re.match(r"^(?:[A-Za-z_][\w]*\.)*(\w*(?:Error|Exception)\b.*)", ln))]
+            job = re.search(r"^Underlying job error: (.+)$", text, re.M)  # dpdispatcher's, on a batch job
             if errors:
-                out.append(f"{phase.parent.name}: {errors[-1]} (log: {log})")
+                where = f"; batch {job.group(1).rstrip('.')}" if job else ""
+                out.append(f"{phase.parent.name}: {errors[-1]}{where} (log: {log})")
     return out
 
 

@@ -138,6 +138,7 @@ class SimplifyIteration(Steps):
                        "probe_data": prep.outputs.artifacts["probe_data"],
                        **({"pick_data": pick_data} if pick_data is not None else {})},
             key=f"{key}--model-devi",
+            **settings.step("model_devi"),
         )
         self.add(devi)
         select = select_step("select-confs", key, prep.outputs.artifacts["state"], devi.outputs.artifacts["model_devi"],
