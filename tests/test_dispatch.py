@@ -40,10 +40,11 @@ def test_on_argo_nothing_of_this_machine_goes_into_the_job():
     assert ex.machine_dict["remote_root"] == "/home/me/jobs" and "check_interval=5" in ex.pre_script
 
 
-def test_the_poll_interval_reaches_dpdispatcher():
+def test_the_poll_interval_reaches_dpdispatcher(tmp_path):
     code = poll_script(0.5) + ("import dpdispatcher\n"
                                "print(dpdispatcher.Submission.__dict__['run_submission'].keywords)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path).stdout  # dpdispatcher writes its log where it is imported
     assert out.strip() == "{'check_interval': 0.5}"
 
 
