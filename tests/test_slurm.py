@@ -134,6 +134,8 @@ def test_the_example_runs_as_slurm_jobs_and_resumes_after_the_controller_is_kill
     assert kinds == {"run-train", "model-devi", "run-fp"}
     jobs = {name: _job_ids(step) for name, step in steps.items()}
     assert all(len(ids) == 1 for ids in jobs.values()), jobs  # every step ran as one Slurm job
+    labeled = (steps["iter-000000--run-fp-000000"] / "outputs" / "parameters" / "n_labeled").read_text()
+    assert json.loads(labeled)[0]["dflow_list_item"] == 10  # one job labeled the group's 10 frames (group_size)
     ids = {int(ids[0]) for ids in jobs.values()}
     assert len(ids) == len(steps)
     assert {int(i) for i in running} <= ids  # the jobs running when this side died were waited for, not redone
