@@ -1,4 +1,4 @@
-"""RunTrain: `dp train` one model from its starting model, then freeze it.
+"""RunTrain: `dp train` one model from its starting model, then freeze it (one process).
 
 Start modes (DP-GEN's keys): `init_model` (--init-model from a checkpoint: training_iter0_model_path in
 iteration 1, the previous iteration's checkpoints after that, when training_init_model is true),
@@ -99,11 +99,9 @@ def set_training_data(jinput: dict, iter_systems: list[str], init_systems: list[
 
 
 def train_command(backend: str, init_mode: str, init_model: Optional[Path], skip_neighbor_stat: bool) -> list[str]:
-    flag, _, ckpt_name, _ = BACKENDS[backend]
-    if backend == "pytorch":  # deepmd-kit's PT backend needs help with per-layer trainable lists
-        cmd = [sys.executable, "-m", "dflow_simplify.ops.pt_train", "train", "input.json"]
-    else:
-        cmd = [sys.executable, "-m", "deepmd", flag, "train", "input.json"]
+    """`dp train` and `dp freeze` in one process (ops/dp_train_freeze.py; PyTorch through ops/pt_train.py)."""
+    flag, _, ckpt_name, frozen = BACKENDS[backend]
+    cmd = [sys.executable, "-m", "dflow_simplify.ops.dp_train_freeze", flag, frozen, "train", "input.json"]
     if init_mode == "init_model":
         cmd += ["--init-model", str(Path(init_model) / ckpt_name) if Path(init_model).is_dir() else str(init_model)]
     elif init_mode == "init_frz_model":
@@ -120,19 +118,18 @@ def train_command(backend: str, init_mode: str, init_model: Optional[Path], skip
 def run_dp_train(workdir: Path, backend: str, init_mode: str, init_model: Optional[Path],
                  skip_neighbor_stat: bool = False, env: Optional[dict] = None) -> dict[str, Path]:
     """Train and freeze in `workdir` (holding input.json); returns the produced files."""
-    flag, keep, _, frozen = BACKENDS[backend]
+    _, keep, _, frozen = BACKENDS[backend]
     run_env = {**SINGLE_THREAD, **os.environ, **(env or {})}  # one thread unless the user says otherwise
+    cmd = train_command(backend, init_mode, init_model, skip_neighbor_stat)
     with open(workdir / "train.log", "w") as log:
-        for cmd in (train_command(backend, init_mode, init_model, skip_neighbor_stat),
-                    [sys.executable, "-m", "deepmd", flag, "freeze", "-o", frozen]):
-            log.write("$ " + " ".join(cmd) + "\n")
-            log.flush()
-            ret = subprocess.run(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=run_env)
-            if ret.returncode != 0:
-                tail = "".join((workdir / "train.log").read_text().splitlines(keepends=True)[-20:])
-                # killed by a signal (OOM, a preempted node): worth a retry; an error exit is not
-                error = TransientError if ret.returncode < 0 else FatalError
-                raise error(f"`{' '.join(cmd)}` failed with exit code {ret.returncode}:\n{tail}")
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        ret = subprocess.run(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=run_env)
+    if ret.returncode != 0 or not (workdir / frozen).exists():
+        tail = "".join((workdir / "train.log").read_text().splitlines(keepends=True)[-20:])
+        # killed by a signal (OOM, a preempted node): worth a retry; an error exit is not
+        error = TransientError if ret.returncode < 0 else FatalError
+        raise error(f"`{' '.join(cmd)}` failed with exit code {ret.returncode}:\n{tail}")
     ckpt = workdir / "checkpoint_files"
     ckpt.mkdir(exist_ok=True)
     for pattern in keep:

@@ -38,6 +38,14 @@ def _ckpt_vars(prefix):
     return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map() if "Adam" not in n}
 
 
+def _graph_consts(pb):
+    import tensorflow as tf
+
+    graph = tf.compat.v1.GraphDef()
+    graph.ParseFromString(pb.read_bytes())
+    return {n.name: tf.make_ndarray(n.attr["value"].tensor) for n in graph.node if n.op == "Const"}
+
+
 @pytest.mark.slow
 def test_init_model_training_honours_trainable_lists(example, tmp_path):
     """descriptor trainable false, fitting [false, false, true, true]: only the last hidden and output layers move."""
@@ -62,6 +70,9 @@ def test_init_model_training_honours_trainable_lists(example, tmp_path):
     assert frozen and moving
     assert not changed & set(frozen), sorted(changed & set(frozen))
     assert set(moving) <= changed
+    # frozen in the training's process (ops/dp_train_freeze.py): the graph holds the trained weights
+    consts = _graph_consts(out["model"])
+    assert all(np.array_equal(consts[n], after[n]) for n in moving if n in consts) and set(moving) & set(consts)
     shutil.rmtree(work)
 
 

@@ -1,0 +1,44 @@
+"""`dp train` then `dp freeze` in one process: deepmd-kit and its backend (TensorFlow: ~6 s to import here)
+are loaded once per model instead of twice.
+
+    python -m dflow_simplify.ops.dp_train_freeze --tf graph.pb train input.json [--init-model ...]
+    python -m dflow_simplify.ops.dp_train_freeze --pt graph.pth train input.json [--finetune ...]
+
+The training is deepmd-kit's own command line (PyTorch through pt_train, for per-layer `trainable`);
+deepmd-kit's TensorFlow freeze resets the default graph before it reads the checkpoint back (checked in
+tests/test_train.py: the frozen model predicts as the checkpoint does).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def train(flag: str, train_args: list[str]) -> None:
+    if flag == "--pt":
+        from .pt_train import main as pt_train
+
+        pt_train(train_args)
+    else:
+        from deepmd.main import main as dp
+
+        dp([flag, *train_args])
+
+
+def freeze(flag: str, frozen: str) -> None:
+    from deepmd.main import main as dp
+
+    dp([flag, "freeze", "-o", frozen])
+
+
+def main(argv: list[str]) -> None:
+    flag, frozen, train_args = argv[0], argv[1], argv[2:]
+    if flag not in ("--tf", "--pt") or not train_args or train_args[0] != "train":
+        raise SystemExit("usage: python -m dflow_simplify.ops.dp_train_freeze --tf|--pt FROZEN train INPUT [...]")
+    train(flag, train_args)
+    print(f"$ dp {flag} freeze -o {frozen}  (same process)", flush=True)
+    freeze(flag, frozen)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
