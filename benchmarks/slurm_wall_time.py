@@ -22,9 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from dflow_simplify.workflows.dispatch import JOB_IDS_LINE
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ag-au-emt-d3"
-JOB_LINE = re.compile(r"^batch job\(s\): (.+)$", re.M)
+JOB_LINE = re.compile(JOB_IDS_LINE, re.M)
 
 
 def config_for(name: str, folder: Path) -> Path:

@@ -5,8 +5,8 @@ are loaded once per model instead of twice.
     python -m dflow_simplify.ops.dp_train_freeze --pt graph.pth train input.json [--finetune ...]
 
 The training is deepmd-kit's own command line (PyTorch through pt_train, for per-layer `trainable`);
-deepmd-kit's TensorFlow freeze resets the default graph before it reads the checkpoint back (checked in
-tests/test_train.py: the frozen model predicts as the checkpoint does).
+deepmd-kit's TensorFlow freeze resets the default graph before it reads the checkpoint back
+(tests/test_train.py checks that the frozen graph holds the checkpoint's trained weights).
 """
 
 from __future__ import annotations

@@ -45,6 +45,13 @@ def tiny_training_param(type_map: list[str]) -> dict:
     }
 
 
+def dataset_frame_ids(run: Path) -> list[tuple]:
+    """The (system key, frame) ids of a run's consolidated dataset, sorted."""
+    import json
+
+    return sorted(tuple(x) for d in (run / "dataset").iterdir() for x in json.loads((d / "frame_ids.json").read_text()))
+
+
 def run_main(args, capsys) -> subprocess.CompletedProcess:
     """The CLI in this process, for refusals that end before any workflow is built (no dflow mode set):
     what run_cli gives, without a process start."""

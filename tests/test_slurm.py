@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dflow_simplify.workflows.dispatch import JOB_IDS_LINE
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, dataset_frame_ids, run_cli
 
 pytestmark = pytest.mark.slow
 SCRIPT = ROOT / "scripts" / "slurm-local.sh"
@@ -103,25 +103,39 @@ def _same_results(out: Path, reference: Path) -> None:
     for k in ("workflow_id", "wall_time_s"):
         got.pop(k), ref.pop(k)
     assert got == ref  # iterations, counts, the final models' errors: all of it
-    ids = lambda run: sorted(tuple(x) for d in (run / "dataset").iterdir()  # noqa: E731
-                             for x in json.loads((d / "frame_ids.json").read_text()))
-    assert ids(out) == ids(reference)
+    assert dataset_frame_ids(out) == dataset_frame_ids(reference)
+
+
+def _start(config: Path, out: Path, **streams) -> subprocess.Popen:
+    """The CLI on `config` in the background, in a session of its own (to be killed as a group)."""
+    cmd = [sys.executable, str(ROOT / "submit_simplify.py"), str(config), "-o", str(out)]
+    return subprocess.Popen(cmd, start_new_session=True,
+                            **{"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **streams})
+
+
+def _wait_for(proc: subprocess.Popen, found, what: str, timeout: float = 300):
+    """What `found()` returns once it is not empty, while the run goes on; `what` says what never came."""
+    deadline = time.time() + timeout
+    while not (value := found()):
+        assert proc.poll() is None and time.time() < deadline, what
+        time.sleep(0.3)
+    return value
 
 
 def test_the_example_runs_as_slurm_jobs_and_resumes_after_the_controller_is_killed(example, example_run, slurm,
                                                                                    tmp_path):
     config = _slurm_config(example, tmp_path / "inputs")
     out = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "submit_simplify.py"), str(config), "-o", str(out)]
     known = _known_jobs()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = _start(config, out)
+
+    def training_jobs() -> set[str]:
+        steps = _dispatched_dirs(out).items()
+        training = any(_phase(d) == "Running" for n, d in steps if n.startswith("iter-000001--run-train"))
+        return _live_jobs(out) if training else set()
+
     # kill this side (the CLI, dflow, dpdispatcher's wrappers) while iteration 1's training jobs are in the queue
-    deadline, running = time.time() + 900, set()
-    while not running:
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.3)
-        if any(_phase(d) == "Running" for n, d in _dispatched_dirs(out).items() if n.startswith("iter-000001--run-train")):
-            running = _live_jobs(out)
+    running = _wait_for(proc, training_jobs, "the run ended before it could be killed", timeout=900)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(60)
 
@@ -156,14 +170,10 @@ def test_a_cancelled_job_fails_its_step_and_the_run_says_so(example, slurm, tmp_
 
     config = _slurm_config(example, tmp_path / "inputs", hold_and_no_retry)
     out = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "submit_simplify.py"), str(config), "-o", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = _start(config, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline, job = time.time() + 300, None
-        while job is None:  # iteration 0's labeling is the first batch job of a run
-            assert proc.poll() is None and time.time() < deadline, "no labeling job reached the queue"
-            time.sleep(0.3)
-            job = next(iter(_live_jobs(out)), None)
+        # iteration 0's labeling is the first batch job of a run
+        job = next(iter(_wait_for(proc, lambda: _live_jobs(out), "no labeling job reached the queue")))
         subprocess.run(["scancel", job], check=True)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
@@ -213,14 +223,9 @@ def test_stop_cancels_the_jobs_the_run_waits_for(example, slurm, tmp_path):
 
     config = _slurm_config(example, tmp_path / "inputs", hold)
     out = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "submit_simplify.py"), str(config), "-o", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc, jobs = _start(config, out), set()
     try:
-        deadline, jobs = time.time() + 300, set()
-        while not jobs:
-            assert proc.poll() is None and time.time() < deadline, "no labeling job reached the queue"
-            time.sleep(0.3)
-            jobs = _live_jobs(out)
+        jobs = _wait_for(proc, lambda: _live_jobs(out), "no labeling job reached the queue")
         assert run_cli(["stop", out]).returncode == 0
         proc.wait(60)
         deadline = time.time() + 30

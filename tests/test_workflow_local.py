@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from ase.calculators.emt import EMT
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, dataset_frame_ids, run_cli
 
 pytestmark = pytest.mark.slow
 TYPE_MAP = ["Ag", "Au"]
@@ -178,9 +178,7 @@ def test_stopped_run_resubmits_to_the_same_result(example, example_run, tmp_path
     ref = json.loads((example_run / "report.json").read_text())
     got = json.loads((out / "report.json").read_text())
     assert got["iterations"] == ref["iterations"] and got["n_relabeled"] == ref["n_relabeled"]
-    ids = lambda run: sorted(tuple(x) for d in (run / "dataset").iterdir()  # noqa: E731
-                             for x in json.loads((d / "frame_ids.json").read_text()))
-    assert ids(out) == ids(example_run)
+    assert dataset_frame_ids(out) == dataset_frame_ids(example_run)
 
     watched = run_cli(["watch", out])
     assert watched.returncode == 0 and "Succeeded" in watched.stdout and "relabeled" in watched.stdout

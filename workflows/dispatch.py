@@ -16,9 +16,8 @@ DispatcherExecutor argument (host, username, port, remote_root, retry_on_submiss
 Each step (each slice of RunTrain and RunFP) is one job; a job that fails or is cancelled is submitted once more
 (machine.retry_count, 1 unless set), then its step fails with the job's error. In local mode the wrapper runs
 on this machine and submits from here; a LocalContext job runs this interpreter (remote_command) and keeps its
-files under `<output>/jobs` unless `remote_root` says otherwise. A
-wrapper stopped mid-job and run again (a resumed run) finds its job by dpdispatcher's submission hash and waits
-for it instead of submitting it again.
+files under `<output>/jobs` unless `remote_root` says otherwise. A wrapper stopped mid-job and run again (a
+resumed run) finds its job by dpdispatcher's submission hash and waits for it instead of submitting it again.
 """
 
 from __future__ import annotations
@@ -103,8 +102,7 @@ def make_executor(executor: dict, jobs_root: Path | None = None):
     from dflow.plugins.dispatcher import DispatcherExecutor
 
     kwargs = {ALIASES.get(k, k): v for k, v in executor.items() if k not in OWN_KEYS}
-    machine = dict(kwargs.get("machine_dict") or {})
-    machine.setdefault("batch_type", "Slurm")
+    machine = machine_of(executor)  # over DispatcherExecutor's defaults (batch_type Slurm, SSHContext)
     local_jobs = machine.get("context_type") == "LocalContext" and jobs_root is not None
     if local_jobs and "remote_root" not in machine and "remote_root" not in kwargs:
         machine["remote_root"] = str(jobs_root)

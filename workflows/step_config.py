@@ -7,7 +7,7 @@
 `template_config` goes to dflow's PythonOPTemplate (the pod: image, resources, node selector,
 tolerations, timeout, retries), the rest to the Step (parallelism, success ratio, executor) or the OP.
 RunTrain, ModelDevi and RunFP may run as batch jobs on an HPC cluster (Slurm, PBS, LSF, ...) instead of in
-pods or on this machine: `"executor": {"type": "dispatcher", "machine_dict": {...}, "resources_dict": {...}}`
+pods or on this machine: `"executor": {"type": "dispatcher", "machine": {...}, "resources": {...}}`
 (dflow's DispatcherExecutor, dpdispatcher's Machine and Resources underneath; see workflows/dispatch.py).
 """
 
