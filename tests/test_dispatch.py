@@ -1,6 +1,7 @@
 """The executor block of a stage (workflows/dispatch.py): what DispatcherExecutor gets, checked without a cluster.
 tests/test_slurm.py runs the example through a real Slurm."""
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 from dargs.dargs import ArgumentKeyError
 
-from dflow_simplify.workflows.dispatch import check_executor, is_remote, make_executor, poll_script
+from dflow_simplify.workflows.dispatch import check_executor, is_remote, make_executor, wrapper_preamble
 from dflow_simplify.workflows.step_config import StageSettings, check_step_configs
 
 SLURM = {"type": "dispatcher", "machine": {"batch_type": "Slurm", "context_type": "LocalContext"},
@@ -22,7 +23,7 @@ def test_a_local_slurm_job_runs_this_interpreter_under_the_runs_jobs_folder(tmp_
     assert ex.machine_dict["retry_count"] == 1
     assert ex.remote_command == [sys.executable]
     assert ex.resources_dict["queue_name"] == "local" and ex.resources_dict["cpu_per_node"] == 1
-    assert "check_interval=2" in ex.pre_script
+    assert "check_interval', 2)" in ex.pre_script
 
 
 def test_the_users_own_settings_win(tmp_path):
@@ -37,15 +38,25 @@ def test_on_argo_nothing_of_this_machine_goes_into_the_job():
     ex = make_executor({"type": "dispatcher", "host": "hpc.example.org", "username": "me",
                         "machine_dict": {"batch_type": "Slurm", "remote_root": "/home/me/jobs"}}, jobs_root=None)
     assert ex.remote_command is None and ex.machine_dict["context_type"] == "SSHContext"
-    assert ex.machine_dict["remote_root"] == "/home/me/jobs" and "check_interval=5" in ex.pre_script
+    assert ex.machine_dict["remote_root"] == "/home/me/jobs" and "check_interval', 5)" in ex.pre_script
 
 
-def test_the_poll_interval_reaches_dpdispatcher(tmp_path):
-    code = poll_script(0.5) + ("import dpdispatcher\n"
-                               "print(dpdispatcher.Submission.__dict__['run_submission'].keywords)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=tmp_path).stdout  # dpdispatcher writes its log where it is imported
-    assert out.strip() == "{'check_interval': 0.5}"
+def test_the_wrapper_polls_at_the_interval_and_ends_once_its_jobs_are_cancelled(tmp_path):
+    """The preamble around dpdispatcher's run_submission (a probe stands in for it): check_interval reaches it,
+    and SIGTERM runs the handler installed before the call (dflow's: cancel the jobs), then ends the wrapper."""
+    probe = ("import os, signal, time, dpdispatcher\n"
+             "def probe(self, **kwargs):\n"
+             "    print(kwargs, flush=True)\n"
+             "    os.kill(os.getpid(), signal.SIGTERM)\n"
+             "    time.sleep(5)\n"
+             "    print('polled on after SIGTERM', flush=True)\n"
+             "dpdispatcher.Submission.run_submission = probe\n")
+    call = ("signal.signal(signal.SIGTERM, lambda *_: print('jobs cancelled', flush=True))\n"
+            "dpdispatcher.Submission.run_submission(None)\n")
+    proc = subprocess.run([sys.executable, "-c", probe + wrapper_preamble(0.5) + call], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=60)  # dpdispatcher writes its log where it is imported
+    assert proc.stdout.splitlines() == ["{'check_interval': 0.5}", "jobs cancelled"], proc.stdout + proc.stderr
+    assert proc.returncode == 128 + signal.SIGTERM
 
 
 def test_model_devi_training_and_labeling_may_be_dispatched_in_local_mode(tmp_path):

@@ -83,12 +83,21 @@ def is_remote(executor: dict | None) -> bool:
     return bool(executor) and machine_of(executor).get("context_type", "SSHContext") != "LocalContext"
 
 
-def poll_script(seconds: float) -> str:
-    """A preamble for the wrapper script: dpdispatcher checks its jobs every `seconds` (DispatcherExecutor
-    calls run_submission without check_interval)."""
-    return ("import functools as _ft, dpdispatcher as _dd\n"
-            "_dd.Submission.run_submission = _ft.partialmethod(_dd.Submission.run_submission, "
-            f"check_interval={seconds!r})\n")
+def wrapper_preamble(seconds: float) -> str:
+    """A preamble for the wrapper script, around dpdispatcher's run_submission (which DispatcherExecutor calls
+    without check_interval): jobs are checked every `seconds`; on SIGTERM (`stop`), dflow's handler cancels the
+    unfinished jobs and then the wrapper ends (polling on, dpdispatcher would submit the cancelled jobs again)."""
+    return ("import os as _os, signal as _signal, dpdispatcher as _dd\n"
+            "def _run_submission(self, *args, _run=_dd.Submission.run_submission, **kwargs):\n"
+            "    cancel_jobs = _signal.getsignal(_signal.SIGTERM)\n"
+            "    def _stop(signum, frame):\n"
+            "        if callable(cancel_jobs):\n"
+            "            cancel_jobs(signum, frame)\n"
+            "        _os._exit(128 + signum)\n"
+            "    _signal.signal(_signal.SIGTERM, _stop)\n"
+            f"    kwargs.setdefault('check_interval', {seconds!r})\n"
+            "    return _run(self, *args, **kwargs)\n"
+            "_dd.Submission.run_submission = _run_submission\n")
 
 
 # after the jobs ended, their ids in the step's log (a recovered job's too, which dpdispatcher does not log)
@@ -112,6 +121,6 @@ def make_executor(executor: dict, jobs_root: Path | None = None):
         # this interpreter, not the `python3` of the job's login shell (`#!/bin/bash -l` resets PATH)
         kwargs["remote_command"] = sys.executable
     poll = executor.get("poll_interval", DEFAULT_POLL_INTERVAL)
-    kwargs["pre_script"] = poll_script(poll) + kwargs.get("pre_script", "")
+    kwargs["pre_script"] = wrapper_preamble(poll) + kwargs.get("pre_script", "")
     kwargs["post_script"] = JOB_IDS_SCRIPT + kwargs.get("post_script", "")
     return DispatcherExecutor(**kwargs)
