@@ -45,6 +45,29 @@ def tiny_training_param(type_map: list[str]) -> dict:
     }
 
 
+# the example cut short for the tests that run the loop another way than example_run: two of its four original
+# models, two training rounds (iterations 0-2); a run of it takes ~1.5 min here instead of ~5
+TWO_MODELS = {"numb_models": 2, "training_iter0_model_path": ["models/00[01]"]}
+SHORT = {**TWO_MODELS, "stop_iter": 2}
+
+
+def example_config(folder: Path, base: str = "config.json", edit=None, **changes) -> Path:
+    """`folder`/config.json: the example's `base` config (its data and models linked beside it) updated with
+    `changes`, then edited in place by `edit(j)` when given."""
+    import json
+
+    j = json.loads((EXAMPLE / base).read_text())
+    j.update(changes)
+    if edit:
+        edit(j)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("data", "models"):
+        if not (folder / name).exists():
+            (folder / name).symlink_to(EXAMPLE / name)
+    (folder / "config.json").write_text(json.dumps(j))
+    return folder / "config.json"
+
+
 def dataset_frame_ids(run: Path) -> list[tuple]:
     """The (system key, frame) ids of a run's consolidated dataset, sorted."""
     import json
@@ -77,3 +100,13 @@ def example_run(example, tmp_path_factory) -> Path:
     (out / "cli-stdout.txt").write_text(proc.stdout)
     (out / "cli-stderr.txt").write_text(proc.stderr)
     return out
+
+
+@pytest.fixture(scope="session")
+def short_run(example, tmp_path_factory) -> Path:
+    """The example cut short (SHORT) run end to end in local mode, once for the session: the reference of the
+    tests that run the same config stopped and resumed, through Slurm or over SSH."""
+    folder = tmp_path_factory.mktemp("short-run")
+    proc = run_cli([example_config(folder / "inputs", **SHORT), "-o", folder / "run"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return folder / "run"

@@ -33,10 +33,12 @@ def s3_run(example, tmp_path_factory):
     s3 = MotoS3(BUCKET)
     tmp = tmp_path_factory.mktemp("s3-run")
     put_tree(s3, example / "data" / "pick", "datasets/ag-au/")  # as a user would, before the run
-    put_tree(s3, example / "models", "models/ag-au/")
+    models = [example / "models" / m for m in ("000", "001")]  # two of the four, numb_models 2
+    for m in models:
+        put_tree(s3, m, f"models/ag-au/{m.name}/")
     j = json.loads((example / "config.json").read_text())
     j.update(pick_data=f"s3://{BUCKET}/datasets/ag-au", training_iter0_model_path=f"s3://{BUCKET}/models/ag-au",
-             stop_iter=3)
+             numb_models=2, stop_iter=3)
     j["default_training_param"]["training"]["numb_steps"] = 100
     j["dflow_s3_config"] = {"endpoint": s3.endpoint, "bucket_name": BUCKET, "access_key": ACCESS,
                             "secret_key": SECRET, "secure": False}
@@ -45,7 +47,7 @@ def s3_run(example, tmp_path_factory):
     proc = run_cli([tmp / "config.json", "-o", tmp / "out"], env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     yield {"s3": s3, "tmp": tmp, "proc": proc, "run_log": list(s3.log),
-           "inputs_bytes": tree_bytes(example / "data" / "pick") + tree_bytes(example / "models")}
+           "inputs_bytes": tree_bytes(example / "data" / "pick") + sum(map(tree_bytes, models))}
     s3.close()
 
 

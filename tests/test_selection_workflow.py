@@ -10,7 +10,7 @@ import pytest
 
 from dflow_simplify.ops.data import find_systems
 from dflow_simplify.ops.loop_state import LoopState, flatten
-from tests.conftest import run_cli
+from tests.conftest import TWO_MODELS, example_config, run_cli
 
 pytestmark = pytest.mark.slow
 TYPE_MAP = ["Ag", "Au"]
@@ -34,13 +34,9 @@ def new_level_pick(example, tmp_path_factory) -> Path:
     return out
 
 
-def _config(example, tmp_path, **changes) -> Path:
-    j = json.loads((example / "config.json").read_text())
-    j.update(pick_data=str(example / "data" / "pick"), training_iter0_model_path=[str(example / "models" / "00*")])
-    j.update(changes)
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(j))
-    return path
+def _config(tmp_path, **changes) -> Path:
+    """The example with two of its models (what is checked here does not need four)."""
+    return example_config(tmp_path / "inputs", **{**TWO_MODELS, **changes})
 
 
 def _step_dir(run: Path, key: str) -> Path:
@@ -69,7 +65,7 @@ def _true_error_e(models, pick: Path, ids: list[tuple[str, int]]) -> dict:
 def test_labeled_mode_picks_the_largest_true_errors(example, new_level_pick, tmp_path):
     """true_error_e_trust_lo with select_style max_devi: iteration 1 relabels the 15 frames whose true energy
     error (against pick_data's new-level labels) is largest, as recomputed here from iteration 1's models."""
-    config = _config(example, tmp_path, labeled=True, fp_style="none", pick_data=str(new_level_pick),
+    config = _config(tmp_path, labeled=True, fp_style="none", pick_data=str(new_level_pick),
                      model_devi_f_trust_lo=10.0, model_devi_f_trust_hi=10.0, true_error_e_trust_lo=0.0,
                      select_style="max_devi", stop_iter=2)
     proc = run_cli([config, "-o", tmp_path / "run"])
@@ -95,7 +91,7 @@ def test_labeled_mode_picks_the_largest_true_errors(example, new_level_pick, tmp
 def test_probe_measures_unseen_frames_and_stops_the_loop(example, tmp_path):
     """probe_number 5 and conv_e_rmse: the probe is held out of iteration 1's training, measured with iteration
     1's models (recomputed here), and the loop stops on it with the probe in the delivered dataset."""
-    config = _config(example, tmp_path, probe_number=5, conv_e_rmse=0.2, select_style="diverse")
+    config = _config(tmp_path, probe_number=5, conv_e_rmse=0.2, select_style="diverse")
     proc = run_cli([config, "-o", tmp_path / "run"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     run = tmp_path / "run"

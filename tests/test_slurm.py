@@ -1,6 +1,7 @@
 """The example through a real one-node Slurm (scripts/slurm-local.sh): training, model deviation and labeling
 as batch jobs through dpdispatcher, in local mode; over SSH to 127.0.0.1 too."""
 
+import contextlib
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dflow_simplify.workflows.dispatch import JOB_IDS_LINE
-from tests.conftest import ROOT, dataset_frame_ids, run_cli
+from tests.conftest import ROOT, SHORT, dataset_frame_ids, example_config, run_cli
 
 pytestmark = pytest.mark.slow
 SCRIPT = ROOT / "scripts" / "slurm-local.sh"
@@ -53,16 +54,10 @@ def sshd(slurm) -> Path:
     return Path(re.search(r"key (\S+)", started.stdout).group(1))
 
 
-def _slurm_config(example: Path, folder: Path, edit=None) -> Path:
-    """examples/ag-au-emt-d3/config-slurm.json in `folder` (its data and models linked), edited by `edit`."""
-    j = json.loads((example / "config-slurm.json").read_text())
-    if edit:
-        edit(j)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("data", "models"):
-        (folder / name).symlink_to(example / name)
-    (folder / "config.json").write_text(json.dumps(j))
-    return folder / "config.json"
+def _slurm_config(folder: Path, edit=None) -> Path:
+    """examples/ag-au-emt-d3/config-slurm.json cut short as the plain reference run (SHORT), in `folder`,
+    edited by `edit`."""
+    return example_config(folder, "config-slurm.json", edit, **SHORT)
 
 
 def _dispatched_dirs(out: Path) -> dict[str, Path]:
@@ -106,28 +101,52 @@ def _same_results(out: Path, reference: Path) -> None:
     assert dataset_frame_ids(out) == dataset_frame_ids(reference)
 
 
-def _start(config: Path, out: Path, **streams) -> subprocess.Popen:
-    """The CLI on `config` in the background, in a session of its own (to be killed as a group)."""
-    cmd = [sys.executable, str(ROOT / "submit_simplify.py"), str(config), "-o", str(out)]
-    return subprocess.Popen(cmd, start_new_session=True,
-                            **{"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **streams})
+def _state(out: Path) -> str:
+    """What a failed wait shows: the queue with Slurm's reasons, the node, the dispatched steps' phases, the
+    run's own output."""
+    queue = subprocess.run(["squeue", "-o", "%i %j %T %r"], capture_output=True, text=True).stdout
+    node = subprocess.run(["sinfo", "-N", "-o", "%N %T %E"], capture_output=True, text=True).stdout
+    phases = {n: _phase(d) for n, d in sorted(_dispatched_dirs(out).items())}
+    log = out.parent / "cli.txt"
+    tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+    return f"queue:\n{queue}node:\n{node}steps: {phases}\nrun's output:\n{tail}"
 
 
-def _wait_for(proc: subprocess.Popen, found, what: str, timeout: float = 300):
+def _wait_for(proc: subprocess.Popen, out: Path, found, what: str, timeout: float = 300):
     """What `found()` returns once it is not empty, while the run goes on; `what` says what never came."""
     deadline = time.time() + timeout
     while not (value := found()):
-        assert proc.poll() is None and time.time() < deadline, what
+        if proc.poll() is not None or time.time() > deadline:
+            pytest.fail(f"{what} (run exit code {proc.poll()})\n{_state(out)}")
         time.sleep(0.3)
     return value
 
 
-def test_the_example_runs_as_slurm_jobs_and_resumes_after_the_controller_is_killed(example, example_run, slurm,
-                                                                                   tmp_path):
-    config = _slurm_config(example, tmp_path / "inputs")
+@contextlib.contextmanager
+def _running(config: Path, out: Path, **streams):
+    """The CLI on `config` in the background, in a session of its own, its output in cli.txt beside `out`
+    unless `streams` say otherwise. On the way out it is killed as a group if it still runs, and its jobs are
+    cancelled if the test failed: a failed test leaves nothing behind to take the node from the next."""
+    cmd = [sys.executable, str(ROOT / "submit_simplify.py"), str(config), "-o", str(out)]
+    with open(out.parent / "cli.txt", "w") as log:
+        proc = subprocess.Popen(cmd, start_new_session=True, **{"stdout": log, "stderr": log, **streams})
+        failed = True
+        try:
+            yield proc
+            failed = False
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(60)
+            ids = {f.read_text().strip() for f in (out / "jobs").glob("*/*_job_id")}
+            if failed and ids:
+                subprocess.run(["scancel", "-Q", *ids])
+
+
+def test_the_example_runs_as_slurm_jobs_and_resumes_after_the_controller_is_killed(short_run, slurm, tmp_path):
+    config = _slurm_config(tmp_path / "inputs")
     out = tmp_path / "run"
     known = _known_jobs()
-    proc = _start(config, out)
 
     def training_jobs() -> set[str]:
         steps = _dispatched_dirs(out).items()
@@ -135,9 +154,10 @@ def test_the_example_runs_as_slurm_jobs_and_resumes_after_the_controller_is_kill
         return _live_jobs(out) if training else set()
 
     # kill this side (the CLI, dflow, dpdispatcher's wrappers) while iteration 1's training jobs are in the queue
-    running = _wait_for(proc, training_jobs, "the run ended before it could be killed", timeout=900)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(60)
+    with _running(config, out) as proc:
+        running = _wait_for(proc, out, training_jobs, "iteration 1's training never reached the queue", timeout=900)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)
 
     again = run_cli([config, "-o", out])  # the same command again resumes
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
@@ -157,7 +177,7 @@ def test_the_example_runs_as_slurm_jobs_and_resumes_after_the_controller_is_kill
     for job in ids:  # Slurm's own record of each
         shown = subprocess.run(["scontrol", "show", "job", str(job)], capture_output=True, text=True).stdout
         assert "JobState=COMPLETED" in shown and f"WorkDir={out / 'jobs'}" in shown, shown
-    _same_results(out, example_run)  # equal to the plain local run of the same config
+    _same_results(out, short_run)  # equal to the plain local run of the same config
 
 
 def test_a_cancelled_job_fails_its_step_and_the_run_says_so(example, slurm, tmp_path):
@@ -168,17 +188,13 @@ def test_a_cancelled_job_fails_its_step_and_the_run_says_so(example, slurm, tmp_
         fp["machine"]["retry_count"] = 0
         fp["resources"]["custom_flags"] = ["#SBATCH --begin=now+600"]
 
-    config = _slurm_config(example, tmp_path / "inputs", hold_and_no_retry)
+    config = _slurm_config(tmp_path / "inputs", hold_and_no_retry)
     out = tmp_path / "run"
-    proc = _start(config, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with _running(config, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         # iteration 0's labeling is the first batch job of a run
-        job = next(iter(_wait_for(proc, lambda: _live_jobs(out), "no labeling job reached the queue")))
+        job = next(iter(_wait_for(proc, out, lambda: _live_jobs(out), "no labeling job reached the queue")))
         subprocess.run(["scancel", job], check=True)
         stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 1, stdout[-1500:] + stderr[-1500:]
     assert re.search(rf"error: iter-000000--run-fp-000000: RuntimeError: .*batch job \S+ {job} failed 1 times", stderr), \
         stderr[-2000:]
@@ -186,7 +202,7 @@ def test_a_cancelled_job_fails_its_step_and_the_run_says_so(example, slurm, tmp_
     assert "Failed" in run_cli(["status", out]).stdout
 
 
-def test_the_loop_runs_over_ssh_to_the_cluster(example, example_run, slurm, sshd, tmp_path):
+def test_the_loop_runs_over_ssh_to_the_cluster(short_run, slurm, sshd, tmp_path):
     """SSHContext: dpdispatcher uploads each job's files over SFTP to a remote_root of the 'cluster' (here
     127.0.0.1) and submits there; pick_data goes along as an artifact. One training iteration (stop_iter)."""
     remote = tmp_path / "remote"
@@ -200,17 +216,17 @@ def test_the_loop_runs_over_ssh_to_the_cluster(example, example_run, slurm, sshd
                                                 "key_filename": str(sshd)}}
             ex["remote_command"] = sys.executable  # the cluster's Python with dflow-simplify installed
 
-    config = _slurm_config(example, tmp_path / "inputs", over_ssh)
+    config = _slurm_config(tmp_path / "inputs", over_ssh)
     out = tmp_path / "run"
     proc = run_cli([config, "-o", out])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
-    reference = json.loads((example_run / "report.json").read_text())
+    reference = json.loads((short_run / "report.json").read_text())
     assert report["iterations"][0] == reference["iterations"][0]  # the same frames picked and labeled
     same_deviation = ("n_pool", "n_candidate", "n_accurate")  # iteration 1 classified the same (then stop_iter)
     assert [report["iterations"][1][k] for k in same_deviation] == [reference["iterations"][1][k] for k in same_deviation]
     steps = _dispatched(out)
-    assert len(steps) == 1 + 4 + 1  # iteration 0's labeling; 4 trainings and model-devi
+    assert len(steps) == 1 + 2 + 1  # iteration 0's labeling; 2 trainings and model-devi
     assert all(len(_job_ids(step)) == 1 for step in steps.values())
     assert not list((out / "jobs").glob("*"))  # nothing went through this side's LocalContext folder
     devi = steps["iter-000001--model-devi"]
@@ -221,19 +237,15 @@ def test_stop_cancels_the_jobs_the_run_waits_for(example, slurm, tmp_path):
     def hold(j):
         j["step_configs"]["run_fp"]["executor"]["resources"]["custom_flags"] = ["#SBATCH --begin=now+600"]
 
-    config = _slurm_config(example, tmp_path / "inputs", hold)
+    config = _slurm_config(tmp_path / "inputs", hold)
     out = tmp_path / "run"
-    proc, jobs = _start(config, out), set()
-    try:
-        jobs = _wait_for(proc, lambda: _live_jobs(out), "no labeling job reached the queue")
+    with _running(config, out) as proc:
+        jobs = _wait_for(proc, out, lambda: _live_jobs(out), "no labeling job reached the queue")
         assert run_cli(["stop", out]).returncode == 0
         proc.wait(60)
         deadline = time.time() + 30
-        while jobs & _in_queue() and time.time() < deadline:
+        while _live_jobs(out) and time.time() < deadline:
             time.sleep(0.5)
-        assert not jobs & _in_queue()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        if jobs:  # never leave a held job behind
-            subprocess.run(["scancel", *jobs])
+        # the jobs it waited for are cancelled, and none was submitted again in their place
+        assert not _live_jobs(out), _state(out)
+        assert {f.read_text().strip() for f in (out / "jobs").glob("*/*_job_id")} == jobs

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from ase.calculators.emt import EMT
 
-from tests.conftest import ROOT, dataset_frame_ids, run_cli
+from tests.conftest import ROOT, SHORT, dataset_frame_ids, example_config, run_cli
 
 pytestmark = pytest.mark.slow
 TYPE_MAP = ["Ag", "Au"]
@@ -133,8 +133,9 @@ def test_pick_data_on_a_volume_is_read_in_place(example, tmp_path):
     """With dflow_config.pick_data_volume, ModelDevi and SelectConfs read pick_data at its paths (on Argo: the
     mounted claim); no step gets it as an artifact. One training iteration (stop_iter: 1)."""
     j = json.loads((example / "config.json").read_text())
-    j.update(pick_data=str(example / "data" / "pick"), training_iter0_model_path=[str(example / "models" / "00*")],
-             stop_iter=1, dflow_config={"pick_data_volume": {"claim_name": "datasets", "mount_path": str(example)}})
+    j.update(pick_data=str(example / "data" / "pick"), training_iter0_model_path=[str(example / "models" / "00[01]")],
+             numb_models=2, stop_iter=1,
+             dflow_config={"pick_data_volume": {"claim_name": "datasets", "mount_path": str(example)}})
     (tmp_path / "config.json").write_text(json.dumps(j))
     proc = run_cli([tmp_path / "config.json", "-o", tmp_path / "run"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -154,10 +155,11 @@ def _step_phase(workdir: Path, key: str) -> str:
     return files[0].read_text() if files else ""
 
 
-def test_stopped_run_resubmits_to_the_same_result(example, example_run, tmp_path):
+def test_stopped_run_resubmits_to_the_same_result(short_run, tmp_path):
     """`stop` ends a running local run (its process tree); `resubmit` reuses every finished step."""
     out = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "submit_simplify.py"), str(example / "config.json"), "-o", str(out)]
+    config = example_config(tmp_path / "inputs", **SHORT)
+    cmd = [sys.executable, str(ROOT / "submit_simplify.py"), str(config), "-o", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 900
     while _step_phase(out / "work", "iter-000001--select-confs") != "Succeeded":
@@ -175,10 +177,10 @@ def test_stopped_run_resubmits_to_the_same_result(example, example_run, tmp_path
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "resuming workflow" in again.stdout
     assert finished.stat().st_mtime == stamp  # the finished training was reused, not redone
-    ref = json.loads((example_run / "report.json").read_text())
+    ref = json.loads((short_run / "report.json").read_text())
     got = json.loads((out / "report.json").read_text())
     assert got["iterations"] == ref["iterations"] and got["n_relabeled"] == ref["n_relabeled"]
-    assert dataset_frame_ids(out) == dataset_frame_ids(example_run)
+    assert dataset_frame_ids(out) == dataset_frame_ids(short_run)
 
     watched = run_cli(["watch", out])
     assert watched.returncode == 0 and "Succeeded" in watched.stdout and "relabeled" in watched.stdout
