@@ -181,6 +181,34 @@ def print_results(results: dict) -> None:
                 ratios = "  ".join(f"{p} E {r['errors'][p]['rmse_e_per_atom'] / row[ref]['errors'][p]['rmse_e_per_atom']:.2f}"
                                    f" F {r['errors'][p]['rmse_f'] / row[ref]['errors'][p]['rmse_f']:.2f}" for p in pops)
                 print(f"{seed:>4} {m}/{ref}: frames {r['n_relabeled'] / max(1, row[ref]['n_relabeled']):.2f}  {ratios}")
+    print_spread(results, pops)
+
+
+def ratios_over_seeds(results: dict, method: str, ref: str, pop: str, quantity: str) -> list[float]:
+    """method/ref of `quantity` on `pop`, one value per seed where both ran."""
+    out = []
+    for row in results.get("seeds", {}).values():
+        if method in row and ref in row and "error" not in row[method] and "error" not in row[ref]:
+            out.append(row[method]["errors"][pop][quantity] / row[ref]["errors"][pop][quantity])
+    return out
+
+
+def print_spread(results: dict, pops: list[str]) -> None:
+    """Mean and range over the seeds of each ratio: `mean (min-max, n seeds)`."""
+    methods = sorted({m for row in results.get("seeds", {}).values() for m in row}, key=METHODS.index)
+    print("over seeds: ratio mean (min-max, seeds)")
+    for ref in ("random", "all"):
+        for m in methods:
+            if m == ref:
+                continue
+            cells = []
+            for pop in pops:
+                for q, name in (("rmse_e_per_atom", "E"), ("rmse_f", "F")):
+                    r = ratios_over_seeds(results, m, ref, pop, q)
+                    if r:
+                        cells.append(f"{pop} {name} {np.mean(r):.2f} ({min(r):.2f}-{max(r):.2f}, {len(r)})")
+            if cells:
+                print(f"{m}/{ref}: " + "  ".join(cells))
 
 
 if __name__ == "__main__":
