@@ -23,6 +23,7 @@ resumed run) finds its job by dpdispatcher's submission hash and waits for it in
 from __future__ import annotations
 
 import inspect
+import json
 import sys
 from pathlib import Path
 
@@ -87,12 +88,13 @@ def wrapper_preamble(seconds: float) -> str:
     """A preamble for the wrapper script, around dpdispatcher's run_submission (which DispatcherExecutor calls
     without check_interval): jobs are checked every `seconds`; on SIGTERM (`stop`), dflow's handler cancels the
     unfinished jobs and then the wrapper ends (polling on, dpdispatcher would submit the cancelled jobs again)."""
-    return ("import os as _os, signal as _signal, dpdispatcher as _dd\n"
+    return ("import os as _os, signal as _signal, sys as _sys, dpdispatcher as _dd\n"
             "def _run_submission(self, *args, _run=_dd.Submission.run_submission, **kwargs):\n"
             "    cancel_jobs = _signal.getsignal(_signal.SIGTERM)\n"
             "    def _stop(signum, frame):\n"
             "        if callable(cancel_jobs):\n"
             "            cancel_jobs(signum, frame)\n"
+            "        _sys.stdout.flush()\n"
             "        _os._exit(128 + signum)\n"
             "    _signal.signal(_signal.SIGTERM, _stop)\n"
             f"    kwargs.setdefault('check_interval', {seconds!r})\n"
@@ -124,3 +126,24 @@ def make_executor(executor: dict, jobs_root: Path | None = None):
     kwargs["pre_script"] = wrapper_preamble(poll) + kwargs.get("pre_script", "")
     kwargs["post_script"] = JOB_IDS_SCRIPT + kwargs.get("post_script", "")
     return DispatcherExecutor(**kwargs)
+
+
+def cancel_jobs_left(jobs_root: Path) -> list[str]:
+    """The batch jobs of a stopped local run that are still queued or running (dpdispatcher's records of its
+    LocalContext submissions under `jobs_root`), cancelled through dpdispatcher: their ids. A wrapper killed
+    before its SIGTERM handler ran would leave them behind."""
+    from dpdispatcher import Machine, Submission
+    from dpdispatcher.submission import JobStatus
+
+    cancelled = []
+    for record in sorted(Path(jobs_root).glob("*/*.json")):
+        data = json.loads(record.read_text())
+        if not isinstance(data, dict) or "belonging_jobs" not in data or "machine" not in data:
+            continue
+        machine = Machine.load_from_dict(data["machine"])
+        submission = Submission.deserialize(data, machine=machine)
+        for job in submission.belonging_jobs:
+            if job.job_id and machine.check_status(job) in (JobStatus.waiting, JobStatus.running, JobStatus.unknown):
+                machine.kill(job)
+                cancelled.append(str(job.job_id))
+    return cancelled

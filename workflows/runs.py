@@ -115,6 +115,29 @@ def _alive(pid_file: Path) -> bool:
         return False
 
 
+def _end_process_tree(pid_file: Path, grace: float = 30) -> None:
+    """SIGTERM to the local run's process and all its descendants (what dflow's terminate sends; a batch job's
+    wrapper cancels its job on it), then wait for them to end, SIGKILL for any still alive after `grace` s."""
+    import psutil
+
+    try:
+        main = psutil.Process(int(pid_file.read_text()))
+        procs = [*main.children(recursive=True), main]
+    except (OSError, ValueError, psutil.Error):
+        return
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
 def _running_steps(steps, st: str) -> list[str]:
     """The running pods of a run whose status `st` says it still runs (a stopped run's steps keep their phase)."""
     if st not in ("Running", "Pending"):
@@ -189,7 +212,12 @@ def stop(run: Run) -> int:
         print(f"workflow {run.record.workflow_id} is {st}: nothing to stop")
         return 0
     if run.record.mode == "local":
-        run.wf.terminate()  # the local run's process and its OP subprocesses
+        _end_process_tree(run.output / "work" / run.record.workflow_id / "pid")
+        from .dispatch import cancel_jobs_left
+
+        cancelled = cancel_jobs_left(run.output / "jobs")
+        if cancelled:
+            print(f"cancelled the batch job(s) the run left behind: {', '.join(cancelled)}")
     else:
         run.wf.stop()
     print(f"workflow {run.record.workflow_id}: stop requested; `resubmit` continues it later")
