@@ -138,10 +138,61 @@ def write_frame_ids(path: str | os.PathLike, ids: dict[str, list[int]]) -> None:
     Path(path).write_text(json.dumps(ids))
 
 
-def iter_frames(roots, ids: dict[str, list[int]], type_map, labeled: bool):
-    """Yield (system key, frame ids, dpdata system restricted to those frames), one system at a time."""
+NPY_LABELS = {"energies": "energy", "forces": "force", "virials": "virial"}
+
+
+def read_npy_frames(path: str, frame_ids: list[int], type_map: list[str], labeled: bool) -> dpdata.System:
+    """Frames `frame_ids` of the deepmd/npy system at `path`: coordinates, cells, types (and energies, forces,
+    virials) read from memory-mapped set files, never the whole system, so that a ModelDevi shard of a large
+    system reads only its frames. Types mapped onto `type_map` as dpdata maps them; other data are left out."""
+    names = (Path(path, "type_map.raw").read_text().split() if Path(path, "type_map.raw").exists()
+             else list(type_map))
+    types = np.loadtxt(Path(path, "type.raw"), dtype=int, ndmin=1)
+    unknown = sorted({names[t] for t in set(types.tolist())} - set(type_map))
+    if unknown:
+        raise ValueError(f"{path}: element(s) {unknown} not in type_map {type_map}")
+    types = np.array([type_map.index(names[t]) for t in types], dtype=int)
+    sets = sorted(glob.glob(os.path.join(path, "set.*")))
+    sizes = [np.load(os.path.join(d, "box.npy"), mmap_mode="r").shape[0] for d in sets]
+    starts = np.cumsum([0] + sizes)
+    given = np.asarray(frame_ids, dtype=int)
+    by_frame = np.argsort(given, kind="stable")
+    want = given[by_frame]  # read in ascending order, set by set; given back in the order asked
+    arrays = {"cells": [], "coords": [], **({k: [] for k in NPY_LABELS} if labeled else {})}
+    files = {"cells": "box", "coords": "coord", **NPY_LABELS}
+    for d, lo, hi in zip(sets, starts[:-1], starts[1:]):
+        rows = want[(want >= lo) & (want < hi)] - lo
+        for k in arrays:
+            f = os.path.join(d, files[k] + ".npy")
+            if k == "virials" and not os.path.exists(f):
+                continue
+            arrays[k].append(np.asarray(np.load(f, mmap_mode="r")[rows]))
+    n, natoms = len(want), len(types)
+    data = {"atom_names": list(type_map), "atom_numbs": [int(np.sum(types == t)) for t in range(len(type_map))],
+            "atom_types": types, "orig": np.zeros(3), "nopbc": Path(path, "nopbc").exists(),
+            "cells": np.concatenate(arrays["cells"]).reshape(n, 3, 3),
+            "coords": np.concatenate(arrays["coords"]).reshape(n, natoms, 3)}
+    if labeled:
+        data["energies"] = np.concatenate(arrays["energies"]).reshape(n)
+        data["forces"] = np.concatenate(arrays["forces"]).reshape(n, natoms, 3)
+        if arrays["virials"]:
+            data["virials"] = np.concatenate(arrays["virials"]).reshape(n, 3, 3)
+    for k in ("cells", "coords", "energies", "forces", "virials"):
+        if k in data:
+            data[k][by_frame] = data[k].copy()
+    return (dpdata.LabeledSystem if labeled else dpdata.System)(data=data)
+
+
+def iter_frames(roots, ids: dict[str, list[int]], type_map, labeled: bool, frames_only: bool = False):
+    """Yield (system key, frame ids, dpdata system restricted to those frames), one system at a time.
+    `frames_only`: coordinates, cells, types and labels only, read by frame from deepmd/npy systems
+    (read_npy_frames) instead of loading each whole system."""
     for key in sorted(ids):
         if not ids[key]:
+            continue
+        path, fmt = system_location(roots, key)
+        if frames_only and fmt == "deepmd/npy":
+            yield key, list(ids[key]), read_npy_frames(path, list(ids[key]), list(type_map), labeled)
             continue
         system = load_system(roots, key, type_map, labeled)
         yield key, list(ids[key]), system.sub_system(list(ids[key]))

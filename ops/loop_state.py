@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .selection import ACCURATE, CANDIDATE, FAILED, TrustLevels, classify, pick, pick_cap, scores
+from .selection import TrustLevels, pick, pick_cap, reduce_features, scores
 
 if TYPE_CHECKING:
-    from .model_devi import Deviations
+    from .classified import Classified
 
 
 @dataclass(frozen=True)
@@ -66,32 +66,48 @@ class LoopState:
         return sum(len(v) for v in ids.values())
 
     def dump(self, path: str | os.PathLike) -> None:
-        """JSON; increasing id lists as runs (`{"runs": [[first, last], ...]}`): a pool of millions of frames is
-        a few numbers until selection fragments it, and this file moves through every step."""
-        data = {k: v if k == "systems" else {key: _encode_ids(ids) for key, ids in v.items()}
+        """JSON, each id list in its shortest form: as is, as runs (`{"runs": [[first, last], ...]}`) or as the
+        runs of the frames of its system it leaves out (`{"except": [...]}`). A pool of millions of frames is a
+        few numbers, and so are the frames retired as accurate, scattered as they are, while the pool left
+        is small: this file moves through every step, its size follows the picks, not pick_data."""
+        data = {k: v if k == "systems" else {key: _encode_ids(ids, self.systems.get(key, 0)) for key, ids in v.items()}
                 for k, v in self.__dict__.items()}
         Path(path).write_text(json.dumps(data))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LoopState":
         data = json.loads(Path(path).read_text())
-        return cls(**{k: v if k == "systems" else {key: _decode_ids(ids) for key, ids in v.items()}
+        systems = data["systems"]
+        return cls(**{k: v if k == "systems" else {key: _decode_ids(ids, systems.get(key, 0)) for key, ids in v.items()}
                       for k, v in data.items()})
 
 
-def _encode_ids(ids: list[int]):
+def _runs(ids) -> list[list[int]]:
+    """[[first, last], ...] of increasing ids."""
+    runs = []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return runs
+
+
+def _encode_ids(ids: list[int], n_frames: int):
     if len(ids) < 2 or any(b <= a for a, b in zip(ids, ids[1:])):
         return list(ids)  # short, or in an order that matters (picks): as is
-    runs, start = [], ids[0]
-    for a, b in zip(ids, ids[1:]):
-        if b != a + 1:
-            runs.append([start, a])
-            start = b
-    runs.append([start, ids[-1]])
-    return {"runs": runs} if 2 * len(runs) < len(ids) else list(ids)
+    runs = _runs(ids)
+    left_out = _runs(sorted(set(range(n_frames)) - set(ids))) if ids[-1] < n_frames and len(ids) > n_frames // 2 else None
+    forms = [(len(ids), list(ids)), (2 * len(runs), {"runs": runs})]
+    if left_out is not None:
+        forms.append((2 * len(left_out) + 1, {"except": left_out}))
+    return min(forms, key=lambda f: f[0])[1]
 
 
-def _decode_ids(value) -> list[int]:
+def _decode_ids(value, n_frames: int) -> list[int]:
+    if isinstance(value, dict) and "except" in value:
+        out = set(range(n_frames)).difference(i for first, last in value["except"] for i in range(first, last + 1))
+        return sorted(out)
     if isinstance(value, dict):
         return [i for first, last in value["runs"] for i in range(first, last + 1)]
     return list(value)
@@ -160,32 +176,33 @@ def draw_probe(state: LoopState, n: int, rng: np.random.Generator) -> list[tuple
     return sorted(unlabeled[j] for j in order)
 
 
-def select(state: LoopState, devi: Deviations | None, trust: TrustLevels | None, rules: dict, seed: int,
+def select(state: LoopState, classified: Classified | None, trust: TrustLevels | None, rules: dict, seed: int,
            probe_error: dict | None = None, last_iteration: bool = False):
     """(new state, picked ids, probe ids, counts).
 
-    `devi` None is iteration 0: every pool frame is a candidate, picked at random, capped by `pick_number`.
-    `last_iteration` (stop_iter reached): classify and count, but pick nothing.
+    `classified` (the pool classified by ModelDevi, its shards merged) None is iteration 0: every pool frame
+    is a candidate, picked at random, capped by `pick_number`. `last_iteration` (stop_iter reached): classify
+    and count, but pick nothing.
     """
     rng = np.random.default_rng(seed)
     pool = flatten(state.pool)
     features = None
-    if devi is None:
-        labels = np.full(len(pool), CANDIDATE, dtype=object)
-        score = np.zeros(len(pool))
+    if classified is None:
+        cand, failed, accurate, score = pool, [], [], np.zeros(len(pool))
     else:
-        table = devi.as_dict()
-        missing = [p for p in pool if p not in table]
-        if missing:
-            raise ValueError(f"model deviation missing for {len(missing)} pool frames, e.g. {missing[0]}")
-        values = {q: np.array([table[p][q] for p in pool]) for q in devi.quantities()}
-        labels = classify(values, trust)
-        score = scores(values, trust)
-    cand = [j for j, lab in enumerate(labels) if lab == CANDIDATE]
-    failed = [pool[j] for j, lab in enumerate(labels) if lab == FAILED]
-    accurate = [pool[j] for j, lab in enumerate(labels) if lab == ACCURATE]
+        cand, failed = classified.candidates, classified.failed
+        if classified.n_pool != len(pool):
+            raise ValueError(f"model deviation of {classified.n_pool} frames for a pool of {len(pool)}: "
+                             "a ModelDevi shard is missing or stale")
+        known = set(pool)
+        strangers = [k for k in cand + failed if k not in known]
+        if strangers:
+            raise ValueError(f"model deviation of {len(strangers)} frames not in the pool, e.g. {strangers[0]}")
+        classified_ids = set(cand) | set(failed)
+        accurate = [p for p in pool if p not in classified_ids]
+        score = scores(classified.values, trust)
     stopped_by = None
-    if devi is None:
+    if classified is None:
         n_pick, style = min(int(rules["pick_number"]), len(cand)), "random"
     else:
         n_pick, style = pick_cap(len(cand), len(accurate), len(pool), rules), rules.get("select_style", "random")
@@ -196,15 +213,13 @@ def select(state: LoopState, devi: Deviations | None, trust: TrustLevels | None,
     elif last_iteration:
         n_pick, stopped_by = 0, STOP_ITER
     if style == "diverse" and n_pick:
-        missing = [pool[j] for j in cand if pool[j] not in devi.features]
-        if missing:
-            raise ValueError(f"select_style diverse: no descriptor features for {len(missing)} candidates, "
-                             f"e.g. {missing[0]}")
-        features = np.array([devi.features[pool[j]] for j in cand])
-    order = pick(style, n_pick, score[cand], rng, features, float(rules.get("select_devi_weight") or 0.0))
+        if classified.features is None or len(classified.features) != len(cand):
+            raise ValueError(f"select_style diverse: no descriptor features for the {len(cand)} candidates")
+        features = reduce_features(classified.features)
+    order = pick(style, n_pick, score, rng, features, float(rules.get("select_devi_weight") or 0.0))
     chosen = set(int(o) for o in order)
-    picked = [pool[cand[o]] for o in order]
-    rest = [pool[cand[o]] for o in range(len(cand)) if o not in chosen] + failed
+    picked = [cand[o] for o in order]
+    rest = [cand[o] for o in range(len(cand)) if o not in chosen] + failed
     new_state = replace(
         state,
         pool=group_ids(rest),

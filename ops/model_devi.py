@@ -6,30 +6,34 @@ and so on (COLUMNS). In labeled mode with DP-GEN's `true_error_*` levels, the sa
 models' error against pick_data's labels, defined as `dp model-devi --real_error` (DP-GEN's true error):
 the same columns with the deviation from the mean replaced by the RMS over models of the error.
 
-Two extras, from the same loaded models:
+Each ModelDevi is one slice of the pool (ops/shards.py: a fixed range of frames), classifies its frames by
+the trust levels and hands over only what selection needs (ops/classified.py): the candidates, the failed
+frames, counts and histograms. Two extras, from the same loaded models:
 - the descriptor features the `diverse` style needs, for the candidates only (per frame and element the
-  mean of the first model's descriptor over its atoms, reduced to FEATURE_DIM principal components);
-- the error of the ensemble's mean prediction on the probe frames (relabeled, held out of training):
-  the measured new-level error the stopping rule reads.
+  mean of the first model's descriptor over its atoms, at most FEATURE_TRANSFER_DIM numbers);
+- on shard 0, the error of the ensemble's mean prediction on the probe frames (relabeled, held out of
+  training): the measured new-level error the stopping rule reads.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
 import numpy as np
 from dflow.python import OP, OPIO, Artifact, OPIOSign, Parameter
 
+from .classified import classify_shard, write_classified
 from .data import find_systems, iter_frames, pick_data_roots
 from .loop_state import LoopState, group_ids
 from .params import fatal_errors
-from .selection import CANDIDATE, SelectParams, classify
+from .selection import SelectParams
+from .shards import DEFAULT_SHARD_SIZE, in_shard, shard_ranges
 
 COLUMNS = ("max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f", "avg_devi_f", "devi_e")
-FEATURE_DIM = 16  # principal components of the descriptor features handed to SelectConfs
+FEATURE_TRANSFER_DIM = 64  # descriptor features per candidate handed to SelectConfs, at most
 
 
 def load_models(model_paths):
@@ -67,13 +71,11 @@ def deviation_columns(es, fs, vs, natoms: int, real=None) -> np.ndarray:
 
 @dataclass
 class Deviations:
-    """What ModelDevi hands to SelectConfs: per pool frame the deviation (and true error) columns, and
-    descriptor features of the candidates."""
+    """Per frame of a shard's pool, the deviation (and true error) columns."""
 
     keys: list[tuple[str, int]]
     values: np.ndarray  # (n, 7) COLUMNS
     true_error: np.ndarray | None = None  # (n, 7) COLUMNS as real error, or None
-    features: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
 
     def quantities(self) -> dict[str, np.ndarray]:
         """The classification quantities of selection.QUANTITIES, by frame order."""
@@ -82,10 +84,6 @@ class Deviations:
         if self.true_error is not None:
             out.update(f_err=self.true_error[:, f], e_err=self.true_error[:, e])
         return out
-
-    def as_dict(self) -> dict[tuple[str, int], dict[str, float]]:
-        q = self.quantities()
-        return {k: {name: float(v[i]) for name, v in q.items()} for i, k in enumerate(self.keys)}
 
 
 def _batches(n: int, batch_size: int):
@@ -101,7 +99,7 @@ def compute_model_devi(models, roots, ids: dict[str, list[int]], type_map, batch
     if not any(ids.values()):
         return Deviations([], np.zeros((0, len(COLUMNS))), np.zeros((0, len(COLUMNS))) if true_error else None)
     type_index = model_types(models, type_map)
-    for key, frame_ids, system in iter_frames(roots, ids, type_map, labeled=true_error):
+    for key, frame_ids, system in iter_frames(roots, ids, type_map, labeled=true_error, frames_only=True):
         n, natoms = len(frame_ids), system.get_natoms()
         atype = type_index[system["atom_types"]]
         coords = system["coords"].reshape(n, -1)
@@ -122,15 +120,16 @@ def compute_model_devi(models, roots, ids: dict[str, list[int]], type_map, batch
 
 
 def descriptor_features(model, roots, ids: dict[str, list[int]], type_map, batch_size: int = 256,
-                        dim: int = FEATURE_DIM) -> dict[tuple[str, int], np.ndarray]:
+                        dim: int = FEATURE_TRANSFER_DIM) -> dict[tuple[str, int], np.ndarray]:
     """Per frame of `ids`: for each element of type_map the mean of the model's descriptor over the frame's
-    atoms of that element (zeros where it has none), concatenated, then projected on the first `dim`
-    principal components over these frames (float32): compact, and distances stay meaningful."""
+    atoms of that element (zeros where it has none), concatenated; longer than `dim`, projected on `dim`
+    fixed random directions (the same in every shard and iteration; distances are kept up to a few per cent).
+    float32. SelectConfs reduces the candidates' features further (selection.reduce_features)."""
     if not any(ids.values()):
         return {}
     type_index = model_types([model], type_map)
     keys, rows = [], []
-    for key, frame_ids, system in iter_frames(roots, ids, type_map, labeled=False):
+    for key, frame_ids, system in iter_frames(roots, ids, type_map, labeled=False, frames_only=True):
         n = len(frame_ids)
         types = system["atom_types"]
         coords = system["coords"].reshape(n, -1)
@@ -143,10 +142,8 @@ def descriptor_features(model, roots, ids: dict[str, list[int]], type_map, batch
             rows.append(np.concatenate(per_type, axis=1))
         keys += [(key, int(i)) for i in frame_ids]
     x = np.concatenate(rows)
-    x = x - x.mean(axis=0)
-    if len(x) > 1:
-        _, _, vt = np.linalg.svd(x, full_matrices=False)
-        x = x @ vt[:dim].T
+    if x.shape[1] > dim:
+        x = x @ (np.random.default_rng(0).standard_normal((x.shape[1], dim)) / np.sqrt(dim))
     return {k: x[i].astype(np.float32) for i, k in enumerate(keys)}
 
 
@@ -174,44 +171,9 @@ def ensemble_errors(models, dataset_dir, type_map: list[str]) -> dict:
             "rmse_f": float(np.sqrt(np.mean((f_pred - f_ref) ** 2))), "n_frames": int(len(e_ref))}
 
 
-def write_model_devi(path, devi: Deviations) -> None:
-    """float32 rows (the precision of `dp model-devi`'s text output DP-GEN reads): this file goes from
-    ModelDevi to SelectConfs every iteration, so it is kept lean; features only for the candidates."""
-    systems = sorted({k for k, _ in devi.keys})
-    index = {s: i for i, s in enumerate(systems)}
-    arrays = {
-        "columns": np.array(COLUMNS),
-        "systems": np.array(systems if systems else [""]),
-        "system": np.array([index[k] for k, _ in devi.keys], np.int32),
-        "frame": np.array([f for _, f in devi.keys], np.int32),
-        "values": np.asarray(devi.values, np.float32).reshape(-1, len(COLUMNS)),
-    }
-    if devi.true_error is not None:
-        arrays["true_error"] = np.asarray(devi.true_error, np.float32).reshape(-1, len(COLUMNS))
-    if devi.features:
-        fkeys = sorted(devi.features)
-        arrays["feature_system"] = np.array([index[k] for k, _ in fkeys], np.int32)
-        arrays["feature_frame"] = np.array([f for _, f in fkeys], np.int32)
-        arrays["features"] = np.array([devi.features[k] for k in fkeys], np.float32)
-    np.savez(path, **arrays)
-
-
-def read_model_devi(path) -> Deviations:
-    z = np.load(path)
-    cols = list(z["columns"])
-    if cols != list(COLUMNS):
-        raise ValueError(f"{path}: unexpected columns {cols}")
-    systems = [str(s) for s in z["systems"]]
-    keys = [(systems[s], int(f)) for s, f in zip(z["system"], z["frame"])]
-    features = {}
-    if "features" in z:
-        features = {(systems[s], int(f)): v for s, f, v in zip(z["feature_system"], z["feature_frame"], z["features"])}
-    return Deviations(keys, z["values"].astype(float), z["true_error"].astype(float) if "true_error" in z else None,
-                      features)
-
-
 class ModelDevi(OP):
-    """Evaluate the trained ensemble on every frame still in the pool (and on the held-out probe)."""
+    """Evaluate the trained ensemble on the frames of one shard still in the pool, classify them, and (shard 0)
+    measure the held-out probe."""
 
     @classmethod
     def get_input_sign(cls):
@@ -223,7 +185,9 @@ class ModelDevi(OP):
             "probe_data": Artifact(Path, optional=True),
             "type_map": List[str],
             "batch_size": int,
-            "select_params": Parameter(dict, default={}),
+            "select_params": dict,
+            "shard_index": Parameter(int, default=0),
+            "shard_size": Parameter(int, default=DEFAULT_SHARD_SIZE),
         })
 
     @classmethod
@@ -233,33 +197,38 @@ class ModelDevi(OP):
     @OP.exec_sign_check
     @fatal_errors
     def execute(self, ip: OPIO) -> OPIO:
-        p = SelectParams.from_dict(ip["select_params"]) if ip["select_params"] else None
+        p = SelectParams.from_dict(ip["select_params"])
         state = LoopState.load(ip["state"])
-        models = load_models(sorted(ip["models"], key=lambda m: Path(m).name))
+        shard = in_shard(state.pool, shard_ranges(state.systems, ip["shard_size"], ip["shard_index"]))
+        need_models = any(shard.values()) or (ip["shard_index"] == 0 and ip["probe_data"] is not None)
+        models = load_models(sorted(ip["models"], key=lambda m: Path(m).name)) if need_models else []
         roots = pick_data_roots(ip["pick_data"], ip["pick_data_paths"])
-        trust = p.trust if p else None
-        devi = compute_model_devi(models, roots, state.pool, ip["type_map"], ip["batch_size"],
-                                  true_error=bool(trust and trust.uses_true_error))
-        if p is not None and p.select_style == "diverse" and devi.keys:
-            labels = classify(devi.quantities(), trust)
-            cands = group_ids([k for k, lab in zip(devi.keys, labels) if lab == CANDIDATE])
-            devi.features = descriptor_features(models[0], roots, cands, ip["type_map"], ip["batch_size"])
-        write_model_devi("model_devi.npz", devi)
-        summary = {c: {"min": float(devi.values[:, j].min()), "median": float(np.median(devi.values[:, j])),
-                       "max": float(devi.values[:, j].max())} for j, c in enumerate(COLUMNS) if len(devi.keys)}
-        summary["n_frames"] = len(devi.keys)
-        if ip["probe_data"] is not None:
+        devi = compute_model_devi(models, roots, shard, ip["type_map"], ip["batch_size"],
+                                  true_error=p.trust.uses_true_error)
+        classified = classify_shard(devi, p.trust)
+        if p.select_style == "diverse" and classified.candidates:
+            feats = descriptor_features(models[0], roots, group_ids(classified.candidates), ip["type_map"],
+                                        ip["batch_size"])
+            classified.features = np.array([feats[k] for k in classified.candidates], np.float32)
+        # named by shard: the slices' outputs are gathered into one artifact
+        out = Path("shard.%06d" % ip["shard_index"])
+        out.mkdir(exist_ok=True)
+        write_classified(out / "model_devi.npz", classified)
+        summary = {"shard": ip["shard_index"], "n_frames": len(devi.keys)}
+        if ip["shard_index"] == 0 and ip["probe_data"] is not None:
             err = ensemble_errors(models, ip["probe_data"], ip["type_map"])
             if err:
                 summary["probe"] = {"rmse_e_per_atom": err["rmse_e_per_atom"], "rmse_f": err["rmse_f"],
                                     "n_frames": err["n_frames"]}
-        Path("model_devi_summary.json").write_text(json.dumps(summary))
-        return OPIO({"model_devi": Path("model_devi.npz"), "summary": Path("model_devi_summary.json")})
+        (out / "model_devi_summary.json").write_text(json.dumps(summary))
+        return OPIO({"model_devi": out / "model_devi.npz", "summary": out / "model_devi_summary.json"})
 
 
-def read_probe_error(summary_path) -> dict | None:
-    """The probe's measured error from a ModelDevi summary, or None."""
-    if summary_path is None or not Path(summary_path).is_file():
-        return None
-    return json.loads(Path(summary_path).read_text()).get("probe")
-
+def read_probe_error(summary_paths) -> dict | None:
+    """The probe's measured error from the ModelDevi slices' summaries (shard 0 measures it), or None."""
+    for path in summary_paths or []:
+        if Path(path).is_file():
+            probe = json.loads(Path(path).read_text()).get("probe")
+            if probe:
+                return probe
+    return None

@@ -22,9 +22,10 @@ from typing import List
 
 from dflow.python import OP, OPIO, Artifact, OPIOSign, Parameter
 
+from .classified import Classified, merge, read_classified
 from .data import extract_frames, pick_data_roots, write_frame_ids
 from .loop_state import LoopState, flatten, group_ids, select
-from .model_devi import read_model_devi, read_probe_error
+from .model_devi import read_probe_error
 from .params import fatal_errors
 from .selection import SelectParams
 
@@ -36,8 +37,8 @@ class SelectConfs(OP):
     def get_input_sign(cls):
         return OPIOSign({
             "state": Artifact(Path),
-            "model_devi": Artifact(Path, optional=True),
-            "devi_summary": Artifact(Path, optional=True),
+            "model_devi": Artifact(List[Path], optional=True),
+            "devi_summary": Artifact(List[Path], optional=True),
             "pick_data": Artifact(List[Path], optional=True),
             "pick_data_paths": Parameter(List[str], default=[]),
             "select_params": dict,
@@ -51,7 +52,7 @@ class SelectConfs(OP):
             "picked": Artifact(Path),
             "report": Artifact(Path),
             "n_selected": int,
-            "fp_groups": List[dict],
+            "n_fp_groups": int,
             "fp_inputs": Artifact(List[Path]),
             "go_on": bool,
             "next_iter_index": int,
@@ -64,11 +65,11 @@ class SelectConfs(OP):
         p = SelectParams.from_dict(ip["select_params"])
         it = ip["iter_index"]
         state = LoopState.load(ip["state"])
-        devi = read_model_devi(ip["model_devi"]) if ip["model_devi"] is not None else None
+        classified = read_shards(ip["model_devi"]) if ip["model_devi"] is not None else None
         probe_error = read_probe_error(ip["devi_summary"])
-        rules = p.rules(p.init_pick_number if devi is None else p.iter_pick_number)
+        rules = p.rules(p.init_pick_number if classified is None else p.iter_pick_number)
         new_state, picked, probe, counts = select(
-            state, devi, p.trust, rules, seed=p.seed * 100003 + it, probe_error=probe_error,
+            state, classified, p.trust, rules, seed=p.seed * 100003 + it, probe_error=probe_error,
             last_iteration=p.stop_iter is not None and it >= p.stop_iter)
         new_state.dump("state.json")
         write_frame_ids("picked.json", picked)
@@ -82,19 +83,25 @@ class SelectConfs(OP):
             extract_frames(roots, ids, p.type_map, p.keep_labels, Path("fp_inputs", "%06d" % g))
             fp_inputs.append(Path("fp_inputs", "%06d" % g))
         report = dict(iteration=it, **counts, n_pool_left=LoopState.count(new_state.pool), go_on=go_on,
-                      fp_groups=len(groups), probe_error=probe_error, select_style=p.select_style)
+                      fp_groups=len(groups), probe_error=probe_error, select_style=p.select_style,
+                      histograms={q: h.tolist() for q, h in classified.hist.items()} if classified else {})
         Path("select_report.json").write_text(json.dumps(report))
         return OPIO({
             "state": Path("state.json"),
             "picked": Path("picked.json"),
             "report": Path("select_report.json"),
             "n_selected": counts["n_selected"],
-            "fp_groups": groups,
+            "n_fp_groups": len(groups),
             "fp_inputs": fp_inputs,
             "go_on": go_on,
             "next_iter_index": it + 1,
             "next_iter_name": iter_name(it + 1),
         })
+
+
+def read_shards(paths: list) -> Classified:
+    """The ModelDevi slices' files, merged."""
+    return merge([read_classified(f) for f in paths if f is not None and Path(f).is_file()])
 
 
 def split_groups(picked: dict[str, list[int]], group_size: int) -> list[dict[str, list[int]]]:

@@ -28,6 +28,7 @@ NO_LIMIT = 1e10  # DP-GEN's "no limit" for trust levels; anything at or above it
 QUANTITIES = ("f", "e", "f_err", "e_err")  # max force deviation, energy deviation per atom, their true errors
 STYLES = ("random", "max_devi", "diverse")
 LEVEL_FLOOR = 1e-12  # a trust level of 0, for scores
+FEATURE_DIM = 16  # principal components of the candidates' descriptor features that `diverse` compares
 
 
 @dataclass(frozen=True)
@@ -96,17 +97,16 @@ def pick_max_devi(score: np.ndarray, n: int) -> np.ndarray:
 
 
 def pick_diverse(features: np.ndarray, score: np.ndarray, n: int, weight: float = 0.0) -> np.ndarray:
-    """Farthest-point sampling: start at the largest score, then repeatedly the candidate farthest (in
-    feature space, features standardized per column) from everything picked so far, its distance
-    multiplied by score**weight. Picks no near-duplicates while far-apart candidates remain."""
+    """Farthest-point sampling: start at the largest score, then repeatedly the candidate farthest (Euclidean,
+    in feature space as given) from everything picked so far, its distance multiplied by score**weight.
+    Picks no near-duplicates while far-apart candidates remain. The features are not scaled per column:
+    on principal components that would blow the directions of mere noise up to the weight of the real spread."""
     x = np.asarray(features, dtype=float)
     score = np.asarray(score, dtype=float)
     m = len(x)
     n = min(n, m)
     if n <= 0:
         return np.zeros(0, int)
-    std = x.std(axis=0)
-    x = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
     w = np.power(np.maximum(score, 1e-12), weight) if weight else np.ones(m)
     picked = [int(np.argmax(score))]
     dist = np.linalg.norm(x - x[picked[0]], axis=1)
@@ -117,6 +117,17 @@ def pick_diverse(features: np.ndarray, score: np.ndarray, n: int, weight: float 
         picked.append(j)
         dist = np.minimum(dist, np.linalg.norm(x - x[j], axis=1))
     return np.array(picked)
+
+
+def reduce_features(features: np.ndarray, dim: int = FEATURE_DIM) -> np.ndarray:
+    """The candidates' descriptor features on their first `dim` principal components (centred): distances
+    stay meaningful, the farthest-point search stays cheap."""
+    x = np.asarray(features, dtype=float)
+    x = x - x.mean(axis=0)
+    if len(x) > 1:
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        x = x @ vt[:dim].T
+    return x
 
 
 def pick(style: str, n: int, score: np.ndarray, rng: np.random.Generator, features: np.ndarray | None = None,

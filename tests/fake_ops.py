@@ -3,7 +3,7 @@
 of the loop in seconds. PrepTrain, SelectConfs and RunFP stay real.
 
 - FakeRunTrain writes a "model" (model.fake, JSON): the number of frames it was "trained" on.
-- FakeModelDevi gives each pool frame a force deviation that shrinks as the training set grows,
+- FakeModelDevi gives each pool frame of its shard a force deviation that shrinks as the training set grows,
   devi(frame) = 0.3 * u(frame) * exp(-n_train / 8) with u in [0, 1) fixed by the frame's id, so the loop
   runs out of candidates after a few iterations; on the probe it reports rmse_f = 0.5 * exp(-n_train / 8).
 
@@ -22,10 +22,13 @@ from pathlib import Path
 import numpy as np
 from dflow.python import OPIO, FatalError
 
+from dflow_simplify.ops.classified import classify_shard, write_classified
 from dflow_simplify.ops.data import find_systems
 from dflow_simplify.ops.loop_state import LoopState
-from dflow_simplify.ops.model_devi import COLUMNS, Deviations, ModelDevi, write_model_devi
+from dflow_simplify.ops.model_devi import COLUMNS, Deviations, ModelDevi
 from dflow_simplify.ops.run_train import RunTrain
+from dflow_simplify.ops.selection import SelectParams
+from dflow_simplify.ops.shards import in_shard, shard_ranges
 
 
 def count_frames_in(root) -> int:
@@ -78,18 +81,22 @@ class FakeModelDevi(ModelDevi):
         n_train = sizes.pop()
         _log(f"model-devi n_train={n_train}")
         state = LoopState.load(ip["state"])
-        keys = [(k, i) for k in sorted(state.pool) for i in state.pool[k]]
+        shard = in_shard(state.pool, shard_ranges(state.systems, ip["shard_size"], ip["shard_index"]))
+        keys = [(k, i) for k in sorted(shard) for i in shard[k]]
         values = np.zeros((len(keys), len(COLUMNS)))
         u = np.array([zlib.crc32(f"{k}:{i}".encode()) / 2**32 for k, i in keys])
         values[:, COLUMNS.index("max_devi_f")] = 0.3 * u * fake_scale(n_train)
-        write_model_devi("model_devi.npz", Deviations(keys, values))
-        summary = {"n_frames": len(keys)}
-        n_probe = count_frames_in(ip["probe_data"])
+        trust = SelectParams.from_dict(ip["select_params"]).trust
+        out = Path("shard.%06d" % ip["shard_index"])
+        out.mkdir(exist_ok=True)
+        write_classified(out / "model_devi.npz", classify_shard(Deviations(keys, values), trust))
+        summary = {"shard": ip["shard_index"], "n_frames": len(keys)}
+        n_probe = count_frames_in(ip["probe_data"]) if ip["shard_index"] == 0 else 0
         if n_probe:
             summary["probe"] = {"rmse_e_per_atom": 0.01 * fake_scale(n_train), "rmse_f": 0.5 * fake_scale(n_train),
                                 "n_frames": n_probe}
-        Path("model_devi_summary.json").write_text(json.dumps(summary))
-        return OPIO({"model_devi": Path("model_devi.npz"), "summary": Path("model_devi_summary.json")})
+        (out / "model_devi_summary.json").write_text(json.dumps(summary))
+        return OPIO({"model_devi": out / "model_devi.npz", "summary": out / "model_devi_summary.json"})
 
 
 def fake_stages():

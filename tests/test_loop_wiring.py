@@ -14,8 +14,9 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
+from dflow_simplify.ops.classified import read_classified
 from dflow_simplify.ops.loop_state import LoopState, flatten
-from tests.conftest import ROOT, run_cli, tiny_training_param
+from tests.conftest import ROOT, dataset_frame_ids, run_cli, tiny_training_param
 
 TYPE_MAP = ["Ag", "Au"]
 
@@ -109,11 +110,36 @@ def test_the_loop_recurses_until_the_measured_error_is_met(flaky_run):
     keys = step_dirs(out)
     for i in (1, 2):
         assert {f"iter-{i:06d}--prep-train", f"iter-{i:06d}--run-train-0000", f"iter-{i:06d}--run-train-0001",
-                f"iter-{i:06d}--model-devi", f"iter-{i:06d}--select-confs"} <= set(keys)
+                f"iter-{i:06d}--model-devi-000000", f"iter-{i:06d}--select-confs"} <= set(keys)
     # 10 picks in one group of 10, then the probe's 2 frames in a group of their own
     assert {"iter-000000--run-fp-000000", "iter-000000--run-fp-000001"} <= set(keys)
     assert "iter-000000--run-fp-000002" not in keys and "iter-000002--run-fp-000000" not in keys
     assert len(list((out / "models").iterdir())) == 2
+
+
+def test_model_devi_in_shards_gives_the_same_run(flaky_run, pick_data, tmp_path):
+    """shard_size 20: the 60 frames in 3 ModelDevi slices (the middle one across the two systems), each
+    evaluating only its frames still in the pool and handing over its candidates; picks, labels and report as
+    with one slice."""
+    _, ref, _ = flaky_run
+    env = {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc, out = run(tmp_path, pick_data, env=env, ratio_failed=0.6, probe_number=2, conv_f_rmse=0.1,
+                    model_devi_f_trust_lo=0.02, **FLAKY,
+                    step_configs={"run_fp": {"group_size": 10}, "model_devi": {"shard_size": 20}})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, want = (json.loads((d / "report.json").read_text()) for d in (out, ref))
+    for k in ("workflow_id", "wall_time_s"):
+        got.pop(k), want.pop(k)
+    assert got == want
+    assert dataset_frame_ids(out) == dataset_frame_ids(ref)
+    keys = step_dirs(out)
+    assert {k for k in keys if k.startswith("iter-000001--model-devi-")} == {f"iter-000001--model-devi-{i:06d}"
+                                                                            for i in range(3)}
+    # shard 1 holds frames 20-39: the last ten of one system and the first ten of the other
+    shard = read_classified(next(keys["iter-000001--model-devi-000001"].rglob("shard.000001/model_devi.npz")))
+    first, second = sorted(LoopState.load(next(keys["iter-000001--prep-train"].rglob("state.json"))).systems)
+    allowed = {(first, i) for i in range(20, 30)} | {(second, i) for i in range(10)}
+    assert set(shard.candidates + shard.failed) <= allowed and 0 < shard.n_pool <= 20
 
 
 def test_the_terminal_shows_iterations_not_the_steps_output(flaky_run):
@@ -193,3 +219,27 @@ def test_a_local_run_with_its_inputs_in_s3_writes_no_key_to_disk(tmp_path, pick_
     holding = [p for p in out.rglob("*") if p.is_file() and (secret.encode() in p.read_bytes()
                                                              or access.encode() in p.read_bytes())]
     assert not holding, holding[:5]
+
+
+def test_no_output_parameter_grows_with_the_pick(tmp_path):
+    """10,000 frames picked in iteration 0 (4 labeling groups of 2,500), then a training iteration: every output
+    parameter of every step stays under 64 KB (Argo caps one at 256 KB, and the workflow object at ~1 MB): the
+    frame groups, id lists and reports travel as artifacts."""
+    n, root = 12_000, tmp_path / "pick" / "big"
+    (root / "set.000").mkdir(parents=True)
+    (root / "type.raw").write_text("0\n")
+    (root / "type_map.raw").write_text("Ag\nAu\n")
+    rng = np.random.default_rng(0)
+    arrays = {"coord": rng.uniform(0, 3, (n, 3)), "box": np.tile(np.eye(3).ravel() * 3, (n, 1)),
+              "energy": rng.normal(size=n), "force": rng.normal(size=(n, 3))}
+    for name, a in arrays.items():
+        np.save(root / "set.000" / f"{name}.npy", a)
+    env = {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc, out = run(tmp_path, tmp_path / "pick", env=env, init_pick_number=10_000, iter_pick_number=10_000,
+                    stop_iter=1, step_configs={"run_fp": {"group_size": 2_500}})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["iterations"][0]["n_relabeled"] == 10_000 and len(report["iterations"]) == 2
+    sizes = {f"{step}/{f.name}": f.stat().st_size for step, d in step_dirs(out).items()
+             for f in (d / "outputs" / "parameters").glob("*") if f.is_file()}
+    assert sizes and max(sizes.values()) < 64 * 1024, sorted(sizes.items(), key=lambda kv: -kv[1])[:5]

@@ -4,16 +4,11 @@ error as deepmd-kit's `--real_error` computes it; descriptor features for the ca
 import numpy as np
 import pytest
 
+from dflow_simplify.ops.classified import classify_shard, read_classified, write_classified
 from dflow_simplify.ops.data import find_systems, load_system
 from dflow_simplify.ops.loop_state import LoopState
-from dflow_simplify.ops.model_devi import (
-    COLUMNS,
-    compute_model_devi,
-    descriptor_features,
-    load_models,
-    read_model_devi,
-    write_model_devi,
-)
+from dflow_simplify.ops.model_devi import COLUMNS, FEATURE_TRANSFER_DIM, compute_model_devi, descriptor_features, load_models
+from dflow_simplify.ops.selection import TrustLevels
 
 TYPE_MAP = ["Ag", "Au"]
 
@@ -46,9 +41,11 @@ def test_model_devi_matches_a_direct_computation(example, tmp_path):
     # batching does not change anything
     again = compute_model_devi(models, roots, ids, TYPE_MAP, batch_size=256)
     assert again.keys == devi.keys and np.allclose(again.values, devi.values)
-    write_model_devi(tmp_path / "d.npz", devi)
-    table = read_model_devi(tmp_path / "d.npz").as_dict()
-    assert len(table) == 12 and np.isclose(table[(key, 5)]["f"], f_dev[2], rtol=1e-6)
+    # what SelectConfs gets of it: every frame a candidate here, its deviation kept (to float32)
+    write_classified(tmp_path / "d.npz", classify_shard(devi, TrustLevels(f_lo=0.0, f_hi=1e9)))
+    back = read_classified(tmp_path / "d.npz")
+    assert back.n_pool == len(back.candidates) == 12 and back.n_accurate == 0 and not back.failed
+    assert np.isclose(back.values["f"][back.candidates.index((key, 5))], f_dev[2], rtol=1e-6)
     assert compute_model_devi(models, roots, LoopState.initial({}).pool, TYPE_MAP).keys == []
 
 
@@ -68,16 +65,19 @@ def test_true_error_is_deepmd_kits_real_error(example, tmp_path):
                               real_data=real)[:, 1:]
         rows = [i for i, (k, _) in enumerate(devi.keys) if k == key]
         assert np.allclose(devi.true_error[rows], ref, rtol=1e-5, atol=1e-8)
-    write_model_devi(tmp_path / "d.npz", devi)
-    back = read_model_devi(tmp_path / "d.npz")
-    assert np.allclose(back.true_error, devi.true_error, rtol=1e-6)
-    assert set(back.quantities()) == {"f", "e", "f_err", "e_err"}
+    trust = TrustLevels(f_lo=1e9, f_hi=1e9, f_err_lo=0.0, f_err_hi=1e9)  # every frame a candidate by true error
+    write_classified(tmp_path / "d.npz", classify_shard(devi, trust))
+    back = read_classified(tmp_path / "d.npz")
+    assert set(back.values) == {"f", "e", "f_err", "e_err"} and len(back.candidates) == 12
+    order = [devi.keys.index(k) for k in back.candidates]
+    assert np.allclose(back.values["f_err"], devi.true_error[order, COLUMNS.index("max_devi_f")], rtol=1e-6)
 
 
 def test_descriptor_features_are_compact_and_separate_compositions(example):
     models, roots, ids = _setup(example)
     feats = descriptor_features(models[0], roots, ids, TYPE_MAP, batch_size=4)
-    assert len(feats) == 12 and all(v.ndim == 1 and v.dtype == np.float32 and v.size <= 16 for v in feats.values())
+    assert len(feats) == 12
+    assert all(v.ndim == 1 and v.dtype == np.float32 and v.size <= FEATURE_TRANSFER_DIM for v in feats.values())
     # the two systems (Ag24Au8, Ag16Au16) are further apart than frames within one system
     keys = sorted(ids)
     a = np.array([feats[(keys[0], i)] for i in ids[keys[0]]])

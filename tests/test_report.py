@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import matplotlib.image as matplotlib_image
 import numpy as np
 
+from dflow_simplify.ops.classified import histogram
 from dflow_simplify.ops.selection import TrustLevels
 from dflow_simplify.workflows import figures
 from dflow_simplify.workflows.report import step_events
@@ -33,8 +34,9 @@ def test_figures_and_page_from_data(tmp_path):
     (tmp_path / "lcurve.out").write_text(LCURVE)
     rng = np.random.default_rng(0)
     devi = {1: np.abs(rng.normal(0.1, 0.05, (190, 2))), 2: np.abs(rng.normal(0.3, 0.1, (24, 2))), 3: np.zeros((0, 2))}
+    hists = {it: {"f": histogram(v[:, 0]), "e": histogram(v[:, 1])} for it, v in devi.items()}  # as ModelDevi's
     trust = TrustLevels(0.17, 10.0, 1e10, 1e10)
-    figures.plot_deviation(devi, trust, tmp_path / "deviation.png")
+    figures.plot_deviation(hists, trust, tmp_path / "deviation.png")
     rows = [{"iteration": 0, "n_pool": 200, "n_candidate": 200, "n_accurate": 0, "n_failed": 0, "n_selected": 10,
              "n_relabeled": 10, "n_fp_failed": 0}, {"iteration": 1, "n_pool": 190, "n_candidate": 39, "n_accurate": 151,
                                                      "n_failed": 0, "n_selected": 0, "n_relabeled": 0, "n_fp_failed": None}]

@@ -92,9 +92,9 @@ def test_an_iteration_moves_the_picks_and_models_not_pick_data(s3_run, example):
     steps = _steps(out)
     pick_bytes = tree_bytes(example / "data" / "pick")
     it2 = {k: v for k, v in steps.items() if k.startswith("iter-000002--") and k != "iter-000002--next-iteration"}
-    assert any("run-fp" in k for k in it2) and "iter-000002--model-devi" in it2
+    assert any("run-fp" in k for k in it2) and "iter-000002--model-devi-000000" in it2
     readers = sorted(k for k, d in it2.items() if (d / "inputs" / "artifacts" / "pick_data").exists())
-    assert readers == ["iter-000002--model-devi", "iter-000002--select-confs"]  # the only pick_data reads
+    assert readers == ["iter-000002--model-devi-000000", "iter-000002--select-confs"]  # the only pick_data reads
     report_dir = steps["iter-000002--select-confs"] / "outputs" / "artifacts" / "report"
     report = json.loads(next(report_dir.rglob("*.json")).read_text())
     n_selected = report["n_selected"]
@@ -109,7 +109,7 @@ def test_an_iteration_moves_the_picks_and_models_not_pick_data(s3_run, example):
     relabeled = tree_bytes(steps["iter-000002--prep-train"] / "outputs" / "artifacts" / "iter_data")
     print(f"iteration 2 (bytes in step artifacts, debug mode shows each slice the merged outputs): {by_kind}; "
           f"pick_data {pick_bytes}, relabeled so far {relabeled}, selected {n_selected}")
-    assert by_kind["pick_data"] == len(readers) * tree_bytes(steps["iter-000002--model-devi"] / "inputs" / "artifacts"
+    assert by_kind["pick_data"] == len(readers) * tree_bytes(steps["iter-000002--model-devi-000000"] / "inputs" / "artifacts"
                                                               / "pick_data")
     # besides those two reads: models, the relabeled frames (a few copies: trainers, FP in/out) and index files
     assert by_kind["frames"] <= 12 * relabeled

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from dflow_simplify.ops.classified import classify_shard
 from dflow_simplify.ops.loop_state import LoopState, select
 from dflow_simplify.ops.model_devi import COLUMNS, Deviations
 from dflow_simplify.ops.select_confs import split_groups
@@ -29,7 +30,7 @@ def _devi(values):
     rows = np.zeros((len(keys), len(COLUMNS)))
     rows[:, COLUMNS.index("max_devi_f")] = [f for f, _ in values]
     rows[:, COLUMNS.index("devi_e")] = [e for _, e in values]
-    return Deviations(keys, rows)
+    return classify_shard(Deviations(keys, rows), TRUST)
 
 
 def test_select_moves_picked_and_retires_accurate():

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from dflow_simplify.ops.classified import classify_shard
 from dflow_simplify.ops.loop_state import CONVERGED, NOTHING_SELECTED, STOP_ITER, LoopState, converged, flatten, select
 from dflow_simplify.ops.model_devi import COLUMNS, Deviations
 from dflow_simplify.ops.selection import (
@@ -115,11 +116,15 @@ def _pool(n=40):
 
 
 def _devi(state, f, features=None):
+    """The pool with force deviations `f`, classified by TRUST as a ModelDevi slice hands it over (with the
+    candidates' rows of `features`)."""
     keys = flatten(state.pool)
     values = np.zeros((len(keys), len(COLUMNS)))
     values[:, COLUMNS.index("max_devi_f")] = f
-    feats = {k: features[i] for i, k in enumerate(keys)} if features is not None else {}
-    return Deviations(keys, values, None, feats)
+    classified = classify_shard(Deviations(keys, values), TRUST)
+    if features is not None:
+        classified.features = np.array([features[keys.index(k)] for k in classified.candidates])
+    return classified
 
 
 TRUST = TrustLevels(f_lo=0.1, f_hi=1.0)

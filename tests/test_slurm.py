@@ -18,7 +18,7 @@ from tests.conftest import ROOT, SHORT, dataset_frame_ids, example_config, run_c
 
 pytestmark = pytest.mark.slow
 SCRIPT = ROOT / "scripts" / "slurm-local.sh"
-DISPATCHED = re.compile(r"--(run-train-\d+|model-devi|run-fp-\d+)$")
+DISPATCHED = re.compile(r"--(run-train-\d+|model-devi-\d+|run-fp-\d+)$")
 
 
 def _script(*args) -> subprocess.CompletedProcess:
@@ -229,7 +229,7 @@ def test_the_loop_runs_over_ssh_to_the_cluster(short_run, slurm, sshd, tmp_path)
     assert len(steps) == 1 + 2 + 1  # iteration 0's labeling; 2 trainings and model-devi
     assert all(len(_job_ids(step)) == 1 for step in steps.values())
     assert not list((out / "jobs").glob("*"))  # nothing went through this side's LocalContext folder
-    devi = steps["iter-000001--model-devi"]
+    devi = steps["iter-000001--model-devi-000000"]
     assert (devi / "inputs" / "artifacts" / "pick_data").exists()  # sent along, not read in place
 
 

@@ -143,7 +143,7 @@ def test_pick_data_on_a_volume_is_read_in_place(example, tmp_path):
     assert [it["iteration"] for it in report["iterations"]] == [0, 1] and report["n_relabeled"] == 10
     assert report["iterations"][1]["n_pool"] == 190  # ModelDevi evaluated the pool, read in place
     steps = [d for d in (tmp_path / "run" / "work").glob("*/iter-*") if (d / "inputs").is_dir()]
-    readers = [d for d in steps if d.name.endswith(("--model-devi", "--select-confs"))]
+    readers = [d for d in steps if re.search(r"--(model-devi-\d+|select-confs)$", d.name)]
     assert len(readers) == 3  # iteration 0's select-confs, iteration 1's model-devi and select-confs
     assert not any((d / "inputs" / "artifacts" / "pick_data").exists() for d in steps)
     assert all(str(example / "data" / "pick") in (d / "inputs" / "parameters" / "pick_data_paths").read_text()
@@ -187,3 +187,21 @@ def test_stopped_run_resubmits_to_the_same_result(short_run, tmp_path):
     deleted = run_cli(["delete", out])
     assert deleted.returncode == 0 and not (out / "work").exists() and (out / "models").is_dir()
     assert run_cli(["status", out]).returncode == 2  # the run is gone; its outputs stay
+
+
+def test_model_devi_in_shards_gives_the_same_run(short_run, tmp_path):
+    """step_configs.model_devi.shard_size 64: the 200 frames of pick_data in 4 ModelDevi slices (one across the
+    example's two systems); the same picks, dataset and report as the run in one slice."""
+    def shards(j):
+        j["step_configs"]["model_devi"] = {"shard_size": 64}
+
+    out = tmp_path / "run"
+    proc = run_cli([example_config(tmp_path / "inputs", edit=shards, **SHORT), "-o", out])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    got, ref = (json.loads((r / "report.json").read_text()) for r in (out, short_run))
+    for k in ("workflow_id", "wall_time_s"):
+        got.pop(k), ref.pop(k)
+    assert got == ref
+    assert dataset_frame_ids(out) == dataset_frame_ids(short_run)
+    slices = {p.name for p in (out / "work").glob("*/iter-000001--model-devi-*")}
+    assert slices == {f"iter-000001--model-devi-{i:06d}" for i in range(4)}

@@ -14,6 +14,7 @@ from dflow_simplify.ops.prep_train import PrepTrainParams
 from dflow_simplify.ops.run_train import TrainConfig
 from dflow_simplify.ops.select_confs import iter_name
 from dflow_simplify.ops.selection import SelectParams, TrustLevels
+from dflow_simplify.ops.shards import DEFAULT_SHARD_SIZE, n_shards
 
 from .argo import image_registry
 from .config import SimplifyConfig
@@ -76,6 +77,8 @@ def loop_parameters(cfg: SimplifyConfig) -> dict:
     """The loop's input parameters: each OP's parameter object as a dict, and the values several steps share."""
     j = cfg.jdata
     next_mode = "init_model" if j["training_init_model"] else "scratch"
+    devi_conf = j["step_configs"].get("model_devi", {})
+    shard_size = int(devi_conf.get("shard_size") or DEFAULT_SHARD_SIZE)
     return {
         "iter_index": 1,
         "iter_name": iter_name(1),
@@ -89,7 +92,10 @@ def loop_parameters(cfg: SimplifyConfig) -> dict:
         "fp_style": cfg.fp_style,
         "fp_params": j["fp_params"],
         "skip_bad_box": j.get("fp_skip_bad_box") or "",
-        "model_devi_batch_size": int(j["step_configs"].get("model_devi", {}).get("batch_size", 256)),
+        "model_devi_batch_size": int(devi_conf.get("batch_size", 256)),
+        # ModelDevi runs as one slice per shard of pick_data (ops/shards.py), the same shards every iteration
+        "model_devi_shard_size": shard_size,
+        "model_devi_shards": list(range(n_shards(cfg.systems, shard_size))),
         "pick_data_paths": cfg.pick_roots if cfg.pick_volume else [],
     }
 

@@ -40,27 +40,26 @@ def read_lcurve(path) -> dict[str, np.ndarray]:
     return {n: data[:, i] for i, n in enumerate(names[: data.shape[1]])}
 
 
-def plot_deviation(devi: dict[int, np.ndarray], trust, path) -> None:
-    """Per iteration, histograms of max_devi_f and devi_e (columns 0 and 1 of each array) with the trust levels
-    (`trust`: selection.TrustLevels, as SelectConfs gets them)."""
+def plot_deviation(hists: dict[int, dict[str, list]], trust, path) -> None:
+    """Per iteration, the histograms of max_devi_f and devi_e over the pool (counts over
+    classified.HIST_EDGES, as ModelDevi's slices made them) with the trust levels (`trust`:
+    selection.TrustLevels, as SelectConfs gets them)."""
+    from dflow_simplify.ops.classified import HIST_EDGES
+
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, col, q, unit in ((axes[0], 0, "f", "eV/A"), (axes[1], 1, "e", "eV/atom")):
-        values = [v[:, col] for v in devi.values() if len(v)]
-        pos = np.concatenate(values) if values else np.zeros(0)
-        pos = pos[pos > 0]
-        bins = np.geomspace(pos.min(), pos.max(), 40) if len(pos) and pos.max() > pos.min() else 20
-        for it, v in sorted(devi.items()):
-            if len(v):
-                ax.hist(np.clip(v[:, col], pos.min() if len(pos) else 0, None), bins=bins, histtype="step",
-                        lw=1.5, label=f"iter {it} ({len(v)} frames)")
+    for ax, q, unit in ((axes[0], "f", "eV/A"), (axes[1], "e", "eV/atom")):
+        counts = {it: np.asarray(h[q]) for it, h in sorted(hists.items()) if q in h}
+        used = np.flatnonzero(sum(counts.values(), np.zeros(len(HIST_EDGES) - 1)))
+        lo, hi = (used[0], used[-1] + 1) if len(used) else (0, len(HIST_EDGES) - 1)
+        for it, c in counts.items():
+            ax.stairs(c[lo:hi], HIST_EDGES[lo:hi + 1], lw=1.5, label=f"iter {it} ({int(c.sum())} frames)")
         for level, style in (("lo", "--"), ("hi", ":")):
             x = getattr(trust, f"{q}_{level}")
             if x is not None and x < 1e9:
                 ax.axvline(x, color="k", ls=style, label=f"{q}_trust_{level} = {x:g}")
-        if len(pos):
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor-tick labels overlap on short ranges
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor-tick labels overlap on short ranges
         ax.set_xlabel(("max force deviation" if q == "f" else "energy deviation") + f" ({unit})")
         ax.set_ylabel("frames")
         ax.legend(fontsize=8)

@@ -56,6 +56,7 @@ def iteration_rows(steps) -> list[dict]:
         row["go_on"] = rep.get("go_on")
         row["stopped_by"] = rep.get("stopped_by")
         row["probe_error"] = rep.get("probe_error")
+        row["histograms"] = rep.get("histograms") or {}
         row["fp_done"] = len(fps) == len(fp_keys) == (rep["fp_groups"] if "fp_groups" in rep else len(fp_keys))
         rows.append(row)
     return rows
@@ -77,37 +78,29 @@ def _download_files(artifact, tmp: Path, name: str, pattern: str) -> list[Path]:
     return sorted(f for f in (tmp / name).rglob(pattern) if ".dflow" not in f.parts)
 
 
-def figure_inputs(steps, tmp: Path) -> tuple[dict, dict]:
-    """Per iteration: the deviations ModelDevi computed ((n, 2) max_devi_f, devi_e) and every model's lcurve."""
-    import numpy as np
-
-    from dflow_simplify.ops.model_devi import read_model_devi
-
+def training_curves(steps, tmp: Path) -> dict:
+    """Per iteration, every model's lcurve."""
     from .figures import read_lcurve
 
-    devi, lcurves = {}, {}
+    lcurves = {}
     for key, step in sorted(_by_key(steps).items()):
-        if step.phase != "Succeeded":
-            continue
-        if key.endswith("--model-devi"):
-            for f in _download_files(step.outputs.artifacts["model_devi"], tmp, key, "*.npz"):
-                q = read_model_devi(f).quantities()
-                devi[iter_index_of(key)] = np.column_stack([q["f"], q["e"]])
-        elif re.search(r"--run-train-\d+$", key):
+        if step.phase == "Succeeded" and re.search(r"--run-train-\d+$", key):
             # a slice's artifact may show its siblings' files too (debug mode): one curve per distinct file
             for f in _download_files(step.outputs.artifacts["lcurve"], tmp, key, "lcurve.out"):
                 lcurves.setdefault(iter_index_of(key), {})[hashlib.sha256(f.read_bytes()).hexdigest()] = read_lcurve(f)
-    return devi, {it: list(curves.values()) for it, curves in lcurves.items()}
+    return {it: list(curves.values()) for it, curves in lcurves.items()}
 
 
-def write_figures(steps, cfg, output: Path, report: dict) -> list[str]:
+def write_figures(steps, cfg, output: Path, report: dict, rows: list[dict]) -> list[str]:
     """The PNGs and report.html next to report.json; adds the final models' RMSE on the relabeled frames."""
     from . import figures
     from .build import select_parameters
 
     written = []
     with tempfile.TemporaryDirectory() as tmp:
-        devi, lcurves = figure_inputs(steps, Path(tmp))
+        lcurves = training_curves(steps, Path(tmp))
+    # the pool's deviations per iteration, as ModelDevi's slices histogrammed them (SelectConfs' report)
+    devi = {r["iteration"]: r["histograms"] for r in rows if r.get("histograms")}
     if devi:
         figures.plot_deviation(devi, select_parameters(cfg).trust, output / "deviation.png")
         written.append("deviation.png")
@@ -216,7 +209,7 @@ def collect_outputs(wf, cfg, output: Path, wall_time: float | None = None) -> di
         "iterations": [{c: r.get(c) for c in ITER_COLUMNS} for r in rows],
         "measured_error": measured_errors(rows),
     }
-    figs = write_figures(steps, cfg, Path(output), report)
+    figs = write_figures(steps, cfg, Path(output), report, rows)
     Path(output, "report.json").write_text(json.dumps(report, indent=2))
     print(format_table(rows))
     print(f"figures: {', '.join(figs) or '-'} and report.html in {output}")

@@ -18,11 +18,12 @@ from pathlib import Path
 from dargs import Argument
 
 from dflow_simplify import __version__
+from dflow_simplify.ops.shards import DEFAULT_SHARD_SIZE
 
 from .dispatch import check_executor, make_executor
 
 STAGES = ("prep_train", "run_train", "model_devi", "select_confs", "run_fp")
-SLICED = ("run_train", "run_fp")  # stages that run as parallel slices
+SLICED = ("run_train", "model_devi", "run_fp")  # stages that run as parallel slices
 DISPATCHABLE = ("run_train", "model_devi", "run_fp")  # stages that may run as batch jobs (executor)
 
 # images/ builds these (images/build.sh tags them with the package version)
@@ -73,7 +74,10 @@ def stage_args(stage: str) -> Argument:
     if stage == "run_fp":
         fields.append(a("group_size", int, optional=True, default=10, doc="frames per RunFP slice"))
     if stage == "model_devi":
-        fields.append(a("batch_size", int, optional=True, default=256, doc="frames per inference batch"))
+        fields += [a("batch_size", int, optional=True, default=256, doc="frames per inference batch"),
+                   a("shard_size", int, optional=True, default=DEFAULT_SHARD_SIZE,
+                     doc="frames of pick_data per ModelDevi slice (pod or job): the pool is evaluated in "
+                         "shards of this many frames in parallel, up to `parallelism` at once")]
     return a(stage, dict, sub_fields=fields, optional=True, default={})
 
 
@@ -87,7 +91,7 @@ def check_step_configs(step_configs: dict) -> dict:
     data = arg.normalize_value(step_configs, trim_pattern="_*")
     arg.check_value(data, strict=True)
     for stage, conf in data.items():
-        for key in ("group_size", "batch_size", "parallelism"):
+        for key in ("group_size", "batch_size", "shard_size", "parallelism"):
             if conf.get(key) is not None and conf[key] < 1:
                 raise ValueError(f"step_configs.{stage}.{key}: expected a positive integer, got {conf[key]!r}")
         ratio = conf.get("continue_on_success_ratio")

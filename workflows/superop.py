@@ -1,9 +1,9 @@
 """The simplify loop as dflow super-OPs: only wiring, no logic.
 
 `SimplifyIteration` (a Steps template) runs prep-train -> run-train (sliced over models) -> model-devi
--> select-confs -> run-fp (sliced over frame groups) and then calls itself for the next iteration
-while select-confs says so. Step keys are `iter-000003--run-train-0001` and alike, so that a restarted
-or resubmitted workflow reuses every finished step.
+(sliced over shards of pick_data) -> select-confs -> run-fp (sliced over frame groups) and then calls
+itself for the next iteration while select-confs says so. Step keys are `iter-000003--run-train-0001` and
+alike, so that a restarted or resubmitted workflow reuses every finished step.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class StageOps:
 
 LOOP_PARAMETERS = ("iter_index", "iter_name", "numb_models", "train_template", "train_options", "train_config",
                    "next_train_config", "select_params", "type_map", "fp_style", "fp_params", "skip_bad_box",
-                   "model_devi_batch_size", "pick_data_paths")
+                   "model_devi_batch_size", "model_devi_shard_size", "model_devi_shards", "pick_data_paths")
 
 
 def fp_step(name: str, key_prefix: str, select: Step, fp_files, type_map, fp_style, fp_params,
@@ -56,7 +56,7 @@ def fp_step(name: str, key_prefix: str, select: Step, fp_files, type_map, fp_sty
         parameters={"type_map": type_map, "fp_style": fp_style, "fp_params": fp_params,
                     "skip_bad_box": skip_bad_box},
         artifacts={"frames": select.outputs.artifacts["fp_inputs"], **({"fp_files": fp_files} if fp_files is not None else {})},
-        with_sequence=argo_sequence(argo_len(select.outputs.parameters["fp_groups"]), format="%06d"),
+        with_sequence=argo_sequence(select.outputs.parameters["n_fp_groups"], format="%06d"),
         key=f"{key_prefix}--run-fp-{{{{item}}}}",
         when=f"{select.outputs.parameters['go_on']} == true",
         **settings.step("run_fp"),
@@ -131,13 +131,20 @@ class SimplifyIteration(Steps):
         self.add(train)
         devi = Step(
             "model-devi",
-            template=PythonOPTemplate(ops.model_devi, **settings.template("model_devi")),
+            template=PythonOPTemplate(
+                ops.model_devi,
+                slices=Slices("int('{{item}}')", input_parameter=["shard_index"],
+                              output_artifact=["model_devi", "summary"]),
+                **settings.template("model_devi"),
+            ),
             parameters={"type_map": par["type_map"], "batch_size": par["model_devi_batch_size"],
-                        "pick_data_paths": par["pick_data_paths"], "select_params": par["select_params"]},
+                        "pick_data_paths": par["pick_data_paths"], "select_params": par["select_params"],
+                        "shard_index": par["model_devi_shards"], "shard_size": par["model_devi_shard_size"]},
             artifacts={"models": train.outputs.artifacts["model"], "state": prep.outputs.artifacts["state"],
                        "probe_data": prep.outputs.artifacts["probe_data"],
                        **({"pick_data": pick_data} if pick_data is not None else {})},
-            key=f"{key}--model-devi",
+            with_sequence=argo_sequence(argo_len(par["model_devi_shards"]), format="%06d"),
+            key=f"{key}--model-devi-{{{{item}}}}",
             **settings.step("model_devi"),
         )
         self.add(devi)
