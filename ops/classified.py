@@ -70,37 +70,36 @@ def merge(parts: list[Classified]) -> Classified:
                       n_accurate=sum(p.n_accurate for p in parts), hist=hist, features=features)
 
 
-def _ids(keys: list[tuple[str, int]], systems: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _ids(keys: list[tuple[str, int]], systems: list[str]) -> np.ndarray:
+    """(n, 2) int64: system index, frame."""
     index = {s: i for i, s in enumerate(systems)}
-    return (np.array([index[k] for k, _ in keys], np.int32).reshape(-1),
-            np.array([f for _, f in keys], np.int64).reshape(-1))
+    return np.array([(index[k], f) for k, f in keys], np.int64).reshape(-1, 2)
 
 
 def write_classified(path, c: Classified) -> None:
-    """npz; quantities as float32 (the precision of `dp model-devi`'s text output DP-GEN reads)."""
+    """npz, few arrays (each costs its headers, and there is a file per shard); quantities as float32 (the
+    precision of `dp model-devi`'s text output DP-GEN reads)."""
     systems = sorted({k for k, _ in c.candidates} | {k for k, _ in c.failed}) or [""]
-    cs, cf = _ids(c.candidates, systems)
-    fs, ff = _ids(c.failed, systems)
-    arrays = {"systems": np.array(systems), "cand_system": cs, "cand_frame": cf, "failed_system": fs,
-              "failed_frame": ff, "counts": np.array([c.n_pool, c.n_accurate], np.int64),
-              "quantities": np.array(sorted(c.values))}
-    for name in sorted(c.values):
-        arrays[f"value_{name}"] = np.asarray(c.values[name], np.float32)
-        arrays[f"hist_{name}"] = np.asarray(c.hist.get(name, np.zeros(len(HIST_EDGES) - 1)), np.int64)
+    names = sorted(c.values)
+    arrays = {"systems": np.array(systems), "quantities": np.array(names or [""]),
+              "candidates": _ids(c.candidates, systems), "failed": _ids(c.failed, systems),
+              "counts": np.array([c.n_pool, c.n_accurate], np.int64),
+              "values": np.array([c.values[n] for n in names], np.float32).reshape(len(names), -1),
+              "hist": np.array([c.hist.get(n, np.zeros(len(HIST_EDGES) - 1)) for n in names], np.int64)}
     if c.features is not None:
         arrays["features"] = np.asarray(c.features, np.float32)
-    np.savez(path, **arrays)
+    np.savez_compressed(path, **arrays)  # the histograms are mostly zeros
 
 
 def read_classified(path) -> Classified:
     z = np.load(path)
     systems = [str(s) for s in z["systems"]]
-    names = [str(n) for n in z["quantities"]]
+    names = [str(n) for n in z["quantities"] if str(n)]
     return Classified(
-        candidates=[(systems[s], int(f)) for s, f in zip(z["cand_system"], z["cand_frame"])],
-        values={n: z[f"value_{n}"].astype(float) for n in names},
-        failed=[(systems[s], int(f)) for s, f in zip(z["failed_system"], z["failed_frame"])],
+        candidates=[(systems[s], int(f)) for s, f in z["candidates"]],
+        values={n: z["values"][i].astype(float) for i, n in enumerate(names)},
+        failed=[(systems[s], int(f)) for s, f in z["failed"]],
         n_pool=int(z["counts"][0]), n_accurate=int(z["counts"][1]),
-        hist={n: z[f"hist_{n}"] for n in names},
+        hist={n: z["hist"][i] for i, n in enumerate(names)},
         features=z["features"] if "features" in z else None,
     )
