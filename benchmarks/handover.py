@@ -11,11 +11,12 @@ Rules, fixed before the first run:
     files that leave ModelDevi and SelectConfs (the shards' hand-over files and summaries, the new loop state,
     picked.json, the report) plus the loop state that enters (what moves per iteration outside pick_data, the
     models and the relabeled frames, which do not depend on N);
-  * time per shard: what a ModelDevi pod does for its shard (load the Ag-Au example's 4 models, read the
-    shard's frames by id, evaluate, classify, write), for 3 shards (first, middle, last) at each N, median;
-    with one pod per shard a cluster would see the slowest shard, plus SelectConfs' merge (timed here), plus
-    pod scheduling (not measured here: no cluster). (A first version loaded the models once for all shards,
-    which put TensorFlow's warm-up on the 10^4 case's only shard; changed before any result was recorded.)
+  * time per shard: what a ModelDevi pod does for its shard, in a process of its own (start Python, load the
+    Ag-Au example's 4 models, read the shard's frames by id, evaluate, classify, write), for 3 shards (first,
+    middle, last) at each N, median; with one pod per shard a cluster would see the slowest shard, plus
+    SelectConfs' merge (timed here), plus pod scheduling (not measured here: no cluster). (Two first versions
+    timed the shards inside this process, which put TensorFlow's start-up on the first shards timed; changed
+    before any result was recorded.)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -93,24 +95,29 @@ def iteration_bytes(root: Path, systems: dict[str, int], work: Path) -> dict:
     return {"bytes": sum(by.values()), "by": by, "merge_s": round(merge_s, 3)}
 
 
+def one_shard(root: Path, size: int, shard: int) -> None:
+    """ModelDevi's work on one shard, as its pod does it (run by shard_times in a process of its own)."""
+    systems = {f"0/{rel}": count_frames([str(root)], f"0/{rel}") for rel in find_systems(str(root))}
+    ids = in_shard(LoopState.initial(systems).pool, shard_ranges(systems, size, shard))
+    devi = compute_model_devi(load_models(MODELS), [str(root)], ids, TYPE_MAP, batch_size=2048)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_classified(Path(tmp, "model_devi.npz"), classify_shard(devi, TrustLevels(f_lo=0.05, f_hi=10.0)))
+
+
 def shard_times(root: Path, systems: dict[str, int]) -> list[float]:
-    pool = LoopState.initial(systems).pool
-    trust = TrustLevels(f_lo=0.05, f_hi=10.0)
     count = n_shards(systems, SHARD_SIZE)
     times = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for s in sorted({0, count // 2, count - 1}):
-            t0 = time.perf_counter()
-            models = load_models(MODELS)
-            ids = in_shard(pool, shard_ranges(systems, SHARD_SIZE, s))
-            devi = compute_model_devi(models, [str(root)], ids, TYPE_MAP, batch_size=2048)
-            write_classified(Path(tmp, f"{s}.npz"), classify_shard(devi, trust))
-            times.append(time.perf_counter() - t0)
+    for s in sorted({0, count // 2, count - 1}):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--shard", str(root), str(SHARD_SIZE), str(s)], check=True,
+                       capture_output=True)
+        times.append(time.perf_counter() - t0)
     return times
 
 
 def main() -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    for var in ("OMP_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS", "DP_INTER_OP_PARALLELISM_THREADS"):
+        os.environ.setdefault(var, "1")  # one core per shard, as the slices share this machine
     work = ROOT / "benchmarks" / "runs" / "handover"
     rows = []
     for n in SIZES:
@@ -136,4 +143,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--shard"]:
+        one_shard(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        main()
