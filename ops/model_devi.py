@@ -171,6 +171,16 @@ def ensemble_errors(models, dataset_dir, type_map: list[str]) -> dict:
             "rmse_f": float(np.sqrt(np.mean((f_pred - f_ref) ** 2))), "n_frames": int(len(e_ref))}
 
 
+def write_shard_outputs(shard_index: int, classified, summary: dict) -> dict[str, Path]:
+    """ModelDevi's outputs (the hand-over file and the summary) in a folder named by the shard: the slices'
+    outputs are gathered into one artifact."""
+    out = Path("shard.%06d" % shard_index)
+    out.mkdir(exist_ok=True)
+    write_classified(out / "model_devi.npz", classified)
+    (out / "model_devi_summary.json").write_text(json.dumps(summary))
+    return {"model_devi": out / "model_devi.npz", "summary": out / "model_devi_summary.json"}
+
+
 class ModelDevi(OP):
     """Evaluate the trained ensemble on the frames of one shard still in the pool, classify them, and (shard 0)
     measure the held-out probe."""
@@ -210,18 +220,13 @@ class ModelDevi(OP):
             feats = descriptor_features(models[0], roots, group_ids(classified.candidates), ip["type_map"],
                                         ip["batch_size"])
             classified.features = np.array([feats[k] for k in classified.candidates], np.float32)
-        # named by shard: the slices' outputs are gathered into one artifact
-        out = Path("shard.%06d" % ip["shard_index"])
-        out.mkdir(exist_ok=True)
-        write_classified(out / "model_devi.npz", classified)
         summary = {"shard": ip["shard_index"], "n_frames": len(devi.keys)}
         if ip["shard_index"] == 0 and ip["probe_data"] is not None:
             err = ensemble_errors(models, ip["probe_data"], ip["type_map"])
             if err:
                 summary["probe"] = {"rmse_e_per_atom": err["rmse_e_per_atom"], "rmse_f": err["rmse_f"],
                                     "n_frames": err["n_frames"]}
-        (out / "model_devi_summary.json").write_text(json.dumps(summary))
-        return OPIO({"model_devi": out / "model_devi.npz", "summary": out / "model_devi_summary.json"})
+        return OPIO(write_shard_outputs(ip["shard_index"], classified, summary))
 
 
 def read_probe_error(summary_paths) -> dict | None:

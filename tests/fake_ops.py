@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 from dflow.python import OPIO, FatalError
 
-from dflow_simplify.ops.classified import classify_shard, write_classified
+from dflow_simplify.ops.classified import classify_shard
 from dflow_simplify.ops.data import find_systems
 from dflow_simplify.ops.loop_state import LoopState
-from dflow_simplify.ops.model_devi import COLUMNS, Deviations, ModelDevi
+from dflow_simplify.ops.model_devi import COLUMNS, Deviations, ModelDevi, write_shard_outputs
 from dflow_simplify.ops.run_train import RunTrain
 from dflow_simplify.ops.selection import SelectParams
 from dflow_simplify.ops.shards import in_shard, shard_ranges
@@ -87,16 +87,12 @@ class FakeModelDevi(ModelDevi):
         u = np.array([zlib.crc32(f"{k}:{i}".encode()) / 2**32 for k, i in keys])
         values[:, COLUMNS.index("max_devi_f")] = 0.3 * u * fake_scale(n_train)
         trust = SelectParams.from_dict(ip["select_params"]).trust
-        out = Path("shard.%06d" % ip["shard_index"])
-        out.mkdir(exist_ok=True)
-        write_classified(out / "model_devi.npz", classify_shard(Deviations(keys, values), trust))
         summary = {"shard": ip["shard_index"], "n_frames": len(keys)}
         n_probe = count_frames_in(ip["probe_data"]) if ip["shard_index"] == 0 else 0
         if n_probe:
             summary["probe"] = {"rmse_e_per_atom": 0.01 * fake_scale(n_train), "rmse_f": 0.5 * fake_scale(n_train),
                                 "n_frames": n_probe}
-        (out / "model_devi_summary.json").write_text(json.dumps(summary))
-        return OPIO({"model_devi": out / "model_devi.npz", "summary": out / "model_devi_summary.json"})
+        return OPIO(write_shard_outputs(ip["shard_index"], classify_shard(Deviations(keys, values), trust), summary))
 
 
 def fake_stages():

@@ -87,10 +87,14 @@ def _known_jobs() -> set[int]:
     return {int(i) for i in re.findall(r"JobId=(\d+)", shown)}
 
 
+def _submitted_jobs(out: Path) -> set[str]:
+    """The jobs this run submitted (dpdispatcher's job id files; the step logs are written at its end)."""
+    return {f.read_text().strip() for f in (out / "jobs").glob("*/*_job_id")}
+
+
 def _live_jobs(out: Path) -> set[str]:
-    """The jobs of this run in the queue now (dpdispatcher's job id files; the step logs are written at its end)."""
-    ids = {f.read_text().strip() for f in (out / "jobs").glob("*/*_job_id")}
-    return ids & _in_queue()
+    """The jobs of this run in the queue now."""
+    return _submitted_jobs(out) & _in_queue()
 
 
 def _same_results(out: Path, reference: Path) -> None:
@@ -138,7 +142,7 @@ def _running(config: Path, out: Path, **streams):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(60)
-            ids = {f.read_text().strip() for f in (out / "jobs").glob("*/*_job_id")}
+            ids = _submitted_jobs(out)
             if failed and ids:
                 subprocess.run(["scancel", "-Q", *ids])
 
@@ -248,4 +252,4 @@ def test_stop_cancels_the_jobs_the_run_waits_for(example, slurm, tmp_path):
             time.sleep(0.5)
         # the jobs it waited for are cancelled, and none was submitted again in their place
         assert not _live_jobs(out), _state(out)
-        assert {f.read_text().strip() for f in (out / "jobs").glob("*/*_job_id")} == jobs
+        assert _submitted_jobs(out) == jobs
