@@ -42,16 +42,20 @@ def load_models(model_paths):
     return [DeepPot(str(m)) for m in model_paths]
 
 
-def model_types(models, type_map: list[str]) -> np.ndarray:
-    """Index map from our type_map to the models' (they must agree with each other)."""
+def model_types(models, type_map: list[str], substitution: dict[str, str] | None = None) -> np.ndarray:
+    """Index map from our type_map to the models' (they must agree with each other). An element the models
+    do not know is looked up as the element it takes the place of (`element_substitution`: the starting
+    models of a similar material; the models trained here carry the new names)."""
     tmaps = {tuple(m.get_type_map()) for m in models}
     if len(tmaps) != 1:
         raise ValueError(f"the models disagree on their type maps: {sorted(tmaps)}")
     tm = list(tmaps.pop())
-    missing = [t for t in type_map if t not in tm]
+    names = [t if t in tm else (substitution or {}).get(t, t) for t in type_map]
+    missing = [t for t, n in zip(type_map, names) if n not in tm]
     if missing:
-        raise ValueError(f"element(s) {missing} of type_map are unknown to the models (their type_map: {tm})")
-    return np.array([tm.index(t) for t in type_map])
+        raise ValueError(f"element(s) {missing} of type_map are unknown to the models (their type_map: {tm}); "
+                         "for a similar material give element_substitution")
+    return np.array([tm.index(n) for n in names])
 
 
 def deviation_columns(es, fs, vs, natoms: int, real=None) -> np.ndarray:
@@ -92,13 +96,13 @@ def _batches(n: int, batch_size: int):
 
 
 def compute_model_devi(models, roots, ids: dict[str, list[int]], type_map, batch_size: int = 256,
-                       true_error: bool = False) -> Deviations:
+                       true_error: bool = False, substitution: dict[str, str] | None = None) -> Deviations:
     """The deviation columns (and, with `true_error`, the real-error columns against pick_data's labels) of
-    every frame in `ids`, each model evaluated once per batch."""
+    every frame in `ids`, each model evaluated once per batch (`substitution`: as in model_types)."""
     keys, rows, err_rows = [], [], []
     if not any(ids.values()):
         return Deviations([], np.zeros((0, len(COLUMNS))), np.zeros((0, len(COLUMNS))) if true_error else None)
-    type_index = model_types(models, type_map)
+    type_index = model_types(models, type_map, substitution)
     for key, frame_ids, system in iter_frames(roots, ids, type_map, labeled=true_error, frames_only=True):
         n, natoms = len(frame_ids), system.get_natoms()
         atype = type_index[system["atom_types"]]
@@ -147,13 +151,13 @@ def descriptor_features(model, roots, ids: dict[str, list[int]], type_map, batch
     return {k: x[i].astype(np.float32) for i, k in enumerate(keys)}
 
 
-def ensemble_errors(models, dataset_dir, type_map: list[str]) -> dict:
+def ensemble_errors(models, dataset_dir, type_map: list[str], substitution: dict[str, str] | None = None) -> dict:
     """The ensemble's mean prediction against every labeled frame under `dataset_dir`: per-frame arrays
     and RMSEs (energy per atom, force components); {} when there is no frame."""
     import dpdata
 
     e_ref, e_pred, f_ref, f_pred = [], [], [], []
-    type_index = model_types(models, type_map) if models else None
+    type_index = model_types(models, type_map, substitution) if models else None
     for rel in find_systems(str(dataset_dir)):
         s = dpdata.LabeledSystem(str(Path(dataset_dir, rel)), fmt="deepmd/npy", type_map=type_map)
         n, natoms = len(s), s.get_natoms()

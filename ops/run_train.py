@@ -2,7 +2,8 @@
 
 Start modes (DP-GEN's keys): `init_model` (--init-model from a checkpoint: training_iter0_model_path in
 iteration 1, the previous iteration's checkpoints after that, when training_init_model is true),
-`init_frz_model` (training_init_frozen_model), `finetune` (training_finetune_model), or `scratch`.
+`init_frz_model` (training_init_frozen_model), `finetune` (training_finetune_model; from a multi-task model's
+branch with `model_branch`), or `scratch`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "DP_INTRA_OP_PARALLELISM_THREADS": "1",
 @dataclass(frozen=True)
 class TrainConfig(OPParams):
     """RunTrain's parameters (DP-GEN's `train_backend`, `sys_batch_size`, `init_batch_size`,
-    `dp_train_skip_neighbor_stat`; `step_configs.run_train.envs`); `init_mode` as in this module's doc."""
+    `dp_train_skip_neighbor_stat`; `step_configs.run_train.envs`; `model_branch`); `init_mode` as in this
+    module's doc."""
 
     backend: str
     init_mode: str
@@ -42,6 +44,7 @@ class TrainConfig(OPParams):
     init_batch_size: object = "auto"
     skip_neighbor_stat: bool = False
     envs: dict = field(default_factory=dict)
+    model_branch: str | None = None  # finetune from this branch of a multi-task model
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -98,7 +101,8 @@ def set_training_data(jinput: dict, iter_systems: list[str], init_systems: list[
     return jinput
 
 
-def train_command(backend: str, init_mode: str, init_model: Optional[Path], skip_neighbor_stat: bool) -> list[str]:
+def train_command(backend: str, init_mode: str, init_model: Optional[Path], skip_neighbor_stat: bool,
+                  model_branch: str | None = None) -> list[str]:
     """`dp train` and `dp freeze` in one process (ops/dp_train_freeze.py; PyTorch through ops/pt_train.py)."""
     flag, _, ckpt_name, frozen = BACKENDS[backend]
     cmd = [sys.executable, "-m", "dflow_simplify.ops.dp_train_freeze", flag, frozen, "train", "input.json"]
@@ -108,6 +112,8 @@ def train_command(backend: str, init_mode: str, init_model: Optional[Path], skip
         cmd += ["--init-frz-model", str(init_model)]
     elif init_mode == "finetune":
         cmd += ["--finetune", str(init_model)]
+        if model_branch:
+            cmd += ["--model-branch", model_branch]
     elif init_mode != "scratch":
         raise ValueError(f"unknown init mode {init_mode!r}")
     if skip_neighbor_stat:
@@ -116,11 +122,12 @@ def train_command(backend: str, init_mode: str, init_model: Optional[Path], skip
 
 
 def run_dp_train(workdir: Path, backend: str, init_mode: str, init_model: Optional[Path],
-                 skip_neighbor_stat: bool = False, env: Optional[dict] = None) -> dict[str, Path]:
+                 skip_neighbor_stat: bool = False, env: Optional[dict] = None,
+                 model_branch: str | None = None) -> dict[str, Path]:
     """Train and freeze in `workdir` (holding input.json); returns the produced files."""
     _, keep, _, frozen = BACKENDS[backend]
     run_env = {**SINGLE_THREAD, **os.environ, **(env or {})}  # one thread unless the user says otherwise
-    cmd = train_command(backend, init_mode, init_model, skip_neighbor_stat)
+    cmd = train_command(backend, init_mode, init_model, skip_neighbor_stat, model_branch)
     with open(workdir / "train.log", "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
@@ -171,5 +178,6 @@ class RunTrain(OP):
         if init_model.is_dir() and cfg.init_mode in ("init_frz_model", "finetune"):
             files = sorted(p for p in init_model.iterdir() if p.is_file())
             init_model = files[0]
-        out = run_dp_train(work, cfg.backend, cfg.init_mode, init_model, cfg.skip_neighbor_stat, cfg.envs)
+        out = run_dp_train(work, cfg.backend, cfg.init_mode, init_model, cfg.skip_neighbor_stat, cfg.envs,
+                           cfg.model_branch)
         return OPIO(out)

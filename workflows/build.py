@@ -42,7 +42,7 @@ def train_config(cfg: SimplifyConfig, init_mode: str) -> TrainConfig:
     j = cfg.jdata
     return TrainConfig(backend=j["train_backend"], init_mode=init_mode, sys_batch_size=j["sys_batch_size"],
                        init_batch_size=j["init_batch_size"], skip_neighbor_stat=j["dp_train_skip_neighbor_stat"],
-                       envs=j["step_configs"].get("run_train", {}).get("envs", {}))
+                       envs=j["step_configs"].get("run_train", {}).get("envs", {}), model_branch=j["model_branch"])
 
 
 def prep_train_params(cfg: SimplifyConfig) -> PrepTrainParams:

@@ -1,5 +1,6 @@
 """`submit_simplify.py [run] config.json [--check] [--render FILE] [-o DIR]`: validate, run or submit, resume,
-report; `submit_simplify.py {status,watch,download,resubmit,stop,delete} ID`: manage a run (see runs.py).
+report; `submit_simplify.py {status,watch,download,resubmit,stop,delete} ID`: manage a run (see runs.py);
+`submit_simplify.py substitute OLD OUT --substitute NEW=OLD`: a similar material's pick_data (ops/substitute.py).
 
 Local mode (the default: no Argo host in `dflow_config` nor DFLOW_HOST) runs the workflow in dflow's
 debug mode under `<output>/work`. Running the same command again on the same output folder resumes the
@@ -35,6 +36,14 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("id", metavar="ID", help="the run's output folder, or an Argo workflow id (with --config)")
         c.add_argument("--config", help="config with the Argo/S3 settings (default: the run's record)")
         c.add_argument("-o", "--output", help="download: target folder (default: the run's output folder)")
+    sub_ = sub.add_parser("substitute", help="a similar material's frames from old ones (unlabeled deepmd/npy)")
+    sub_.add_argument("source", help="folder of the old deepmd/npy systems")
+    sub_.add_argument("out", help="new folder for the substituted systems")
+    sub_.add_argument("--substitute", metavar="NEW=OLD", action="append", required=True,
+                      help="NEW takes the place of OLD, as in element_substitution (repeat for more elements)")
+    sub_.add_argument("--scale", type=float, default=1.0, help="lattice scaling of cells and positions (default 1)")
+    sub_.add_argument("--min-distance", type=float, default=1.0,
+                      help="refuse frames whose shortest interatomic distance (A) falls below this (default 1.0)")
     return p
 
 
@@ -48,9 +57,11 @@ def summary(cfg: SimplifyConfig) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    if argv and argv[0] not in COMMANDS + ("run", "-h", "--help"):
+    if argv and argv[0] not in COMMANDS + ("run", "substitute", "-h", "--help"):
         argv = ["run", *argv]  # `submit_simplify.py config.json` as before
     args = parser().parse_args(argv)
+    if args.command == "substitute":
+        return _substitute(args)
     if args.command != "run":
         from .runs import run_command
 
@@ -77,6 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     except S3Unavailable as e:
         print(f"error: uploading the inputs failed: {e}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _substitute(args) -> int:
+    from dflow_simplify.ops.substitute import substitute_data
+
+    pairs = [p.split("=", 1) for p in args.substitute]
+    if any(len(p) != 2 or not all(p) for p in pairs):
+        print(f"error: --substitute: expected NEW=OLD (e.g. Cu=Ag), got {args.substitute}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        out = substitute_data(args.source, args.out, dict(pairs), args.scale, args.min_distance)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    d = out["shortest_distance"]
+    print(f"{out['frames']} frames in {out['systems']} system(s) under {args.out}, type_map {out['type_map']}, "
+          f"unlabeled; shortest interatomic distance {d['new']} A (old frames {d['old']} A)")
+    return 0
 
 
 def _run(cfg: SimplifyConfig, config_path: Path, args) -> int:

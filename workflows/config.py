@@ -22,6 +22,7 @@ from dflow_simplify.ops.data import count_frames, expand_roots, find_systems, np
 from dflow_simplify.ops.fp.bad_box import parse_criteria
 from dflow_simplify.ops.fp.base import ENGINES, get_engine
 from dflow_simplify.ops.selection import STYLES
+from dflow_simplify.ops.start_models import check_substitution, models_type_map, pt_branches
 from dflow_simplify.workflows.schema import BIG, IGNORED_KEYS, TRUE_ERROR_KEYS, config_args
 from dflow_simplify.workflows.step_config import check_step_configs
 
@@ -194,9 +195,27 @@ def _check_numbers(j: dict) -> None:
     tm = j["default_training_param"].get("model", {}).get("type_map")
     if tm is not None and list(tm) != list(j["type_map"]):
         raise ConfigError(f"default_training_param.model.type_map {tm} differs from type_map {j['type_map']}")
+    _check_start(j)
     if "training" not in j["default_training_param"]:
         raise ConfigError("default_training_param: expected a deepmd-kit input with a 'training' section")
     _check_training_param(j["default_training_param"])
+
+
+def _check_start(j: dict) -> None:
+    """element_substitution and model_branch, against the start mode they need."""
+    try:
+        check_substitution(j["type_map"], j["element_substitution"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if j["element_substitution"] and j["training_finetune_model"]:
+        raise ConfigError("element_substitution: deepmd-kit's finetune maps elements by name itself (a new element "
+                          "gets new parameters, an element of the model's type_map keeps its own); leave it out "
+                          "with training_finetune_model")
+    if j["model_branch"] is not None and not j["training_finetune_model"]:
+        raise ConfigError("model_branch: names a branch of a multi-task model given as training_finetune_model, "
+                          "which is not set")
+    if j["model_branch"] is not None and j["train_backend"] != "pytorch":
+        raise ConfigError("model_branch: multi-task models are fine-tuned with train_backend 'pytorch'")
 
 
 def _check_training_param(template: dict) -> None:
@@ -433,6 +452,8 @@ def _resolve_models(cfg: SimplifyConfig) -> None:
             missing = [f for f in files if not os.path.isfile(f)]
             if missing:
                 raise ConfigError(f"{key}: file(s) not found: {missing}")
+            if len(files) == 1 and mode == "finetune":  # one pretrained model for every model of the ensemble
+                files = files * n
             if len(files) != n:
                 raise ConfigError(f"{key}: expected numb_models = {n} files, got {len(files)}")
             if mode == "finetune" and backend == "pytorch" and not all(f.endswith(".pt") for f in files):
@@ -441,6 +462,13 @@ def _resolve_models(cfg: SimplifyConfig) -> None:
                 if f.endswith((".pt", ".pth")) and not zipfile.is_zipfile(f):
                     raise ConfigError(f"{key}: {f} is no PyTorch model file (expected a zip archive, as torch.save "
                                       "writes)")
+            if mode == "finetune" and backend == "pytorch":
+                for f in sorted(set(files)):
+                    _check_branch(f, j["model_branch"])
+            if not j["training_init_model"]:
+                _set(cfg, warnings=[*cfg.warnings, f"{key} starts iteration 1 only; with training_init_model false "
+                                    "the later iterations train from scratch (DP-GEN's rule): set it true to "
+                                    "continue from the previous iteration's models"])
             _set(cfg, iter0_models=[os.path.abspath(f) for f in files], init_mode=mode)
             return
     if j["training_init_model"] and any(is_s3_uri(p) for p in _as_list(j["training_iter0_model_path"])):
@@ -456,11 +484,24 @@ def _resolve_models(cfg: SimplifyConfig) -> None:
         for d in dirs:
             if not glob.glob(os.path.join(d, ckpt)) and not glob.glob(os.path.join(d, "model.ckpt*.pt")):
                 raise ConfigError(f"training_iter0_model_path: {d} holds no {backend} checkpoint ({ckpt})")
-            _check_model_folder(Path(d), j["type_map"])
+            _check_model_folder(Path(d), j["type_map"], j["element_substitution"])
         _set(cfg, iter0_models=[os.path.abspath(d) for d in dirs], init_mode="init_model")
 
 
-def _check_model_folder(folder: Path, type_map: list[str]) -> None:
+def _check_branch(path: str, branch: str | None) -> None:
+    """A multi-task checkpoint needs model_branch, one of its branches; a single-task one none."""
+    try:
+        branches = pt_branches(path)
+    except Exception as e:  # not a deepmd-kit checkpoint torch can read
+        raise ConfigError(f"training_finetune_model: {path} is no deepmd-kit PyTorch checkpoint ({e})") from None
+    if branches is None and branch is not None:
+        raise ConfigError(f"model_branch: {path} is a single-task model (no branches); remove model_branch")
+    if branches is not None and branch not in branches:
+        raise ConfigError(f"model_branch: {path} is a multi-task model; expected one of its branches {branches}, "
+                          f"got {branch!r}")
+
+
+def _check_model_folder(folder: Path, type_map: list[str], substitution: dict[str, str]) -> None:
     """A training folder's TensorFlow `checkpoint` file (text naming a saved step) and the type map of the
     input.json it was trained with, where those files are there."""
     ckpt_file = folder / "checkpoint"
@@ -479,10 +520,13 @@ def _check_model_folder(folder: Path, type_map: list[str]) -> None:
             old = json.loads(input_json.read_text()).get("model", {}).get("type_map")
         except (ValueError, UnicodeDecodeError, AttributeError):
             raise ConfigError(f"training_iter0_model_path: {input_json} is not a deepmd-kit input (JSON)") from None
-        if old is not None and list(old) != list(type_map):
-            raise ConfigError(f"type_map {type_map} differs from the type map {old} the model in {folder} was trained "
-                              f"with ({input_json}); the models read types by index: give their type_map, in "
-                              "their order")
+        expected = models_type_map(type_map, substitution)
+        if old is not None and list(old) != expected:
+            ours = f"type_map {type_map}" + (f" (with element_substitution: {expected})" if substitution else "")
+            raise ConfigError(f"{ours} differs from the type map {old} the model in {folder} was trained with "
+                              f"({input_json}); the models read types by index: give their type_map, in their "
+                              "order, and for a similar material map each new element onto the one it replaces "
+                              "with element_substitution, e.g. {\"Zr\": \"Hf\"}")
 
 
 def _s3_models(cfg: SimplifyConfig, paths: list[str]) -> None:
@@ -587,5 +631,5 @@ def _validate(raw: dict, base_dir: str | os.PathLike) -> SimplifyConfig:
     _check_pick_volume(cfg)
     _resolve_init_data(cfg)
     _resolve_models(cfg)
-    _set(cfg, warnings=ignored_keys(raw))
+    _set(cfg, warnings=ignored_keys(raw) + cfg.warnings)
     return cfg

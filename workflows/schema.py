@@ -120,7 +120,14 @@ def _training_args() -> list[Argument]:
         a("training_init_frozen_model", [list, str], optional=True, default=[],
           doc="frozen models to start iteration 1 from (--init-frz-model), one per model"),
         a("training_finetune_model", [list, str], optional=True, default=[],
-          doc="models to finetune in iteration 1 (--finetune), one per model"),
+          doc="models to finetune in iteration 1 (--finetune): one per model, or one file for all"),
+        a("model_branch", [str, type(None)], optional=True, default=None,
+          doc="training_finetune_model is a multi-task model (pytorch): the branch (head) to start from "
+              "(dp --pt train --finetune FILE --model-branch BRANCH)"),
+        a("element_substitution", dict, optional=True, default={}, alias=["type_map_from_models"],
+          doc="a similar material: {new element: the starting models' element it takes the place of}, e.g. "
+              "{\"Zr\": \"Hf\"}; the models' type_map with these names replaced must be type_map, in the same "
+              "order (init_model, init_frz_model; finetune maps elements by name itself)"),
         a("default_training_param", dict,
           doc="deepmd-kit's input.json; training_data is set per iteration, seeds per model; `trainable` lists "
               "freeze layers"),
