@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import dpdata
@@ -141,35 +142,54 @@ def write_frame_ids(path: str | os.PathLike, ids: dict[str, list[int]]) -> None:
 NPY_LABELS = {"energies": "energy", "forces": "force", "virials": "virial"}
 
 
-def read_npy_frames(path: str, frame_ids: list[int], type_map: list[str], labeled: bool) -> dpdata.System:
-    """Frames `frame_ids` of the deepmd/npy system at `path`: coordinates, cells, types (and energies, forces,
-    virials) read from memory-mapped set files, never the whole system, so that a ModelDevi shard of a large
-    system reads only its frames. Types mapped onto `type_map` as dpdata maps them; other data are left out."""
-    names = (Path(path, "type_map.raw").read_text().split() if Path(path, "type_map.raw").exists()
-             else list(type_map))
-    types = np.loadtxt(Path(path, "type.raw"), dtype=int, ndmin=1)
-    unknown = sorted({names[t] for t in set(types.tolist())} - set(type_map))
-    if unknown:
-        raise ValueError(f"{path}: element(s) {unknown} not in type_map {type_map}")
-    types = np.array([type_map.index(names[t]) for t in types], dtype=int)
-    sets = sorted(glob.glob(os.path.join(path, "set.*")))
-    sizes = [np.load(os.path.join(d, "box.npy"), mmap_mode="r").shape[0] for d in sets]
-    starts = np.cumsum([0] + sizes)
-    given = np.asarray(frame_ids, dtype=int)
-    by_frame = np.argsort(given, kind="stable")
-    want = given[by_frame]  # read in ascending order, set by set; given back in the order asked
-    arrays = {"cells": [], "coords": [], **({k: [] for k in NPY_LABELS} if labeled else {})}
-    files = {"cells": "box", "coords": "coord", **NPY_LABELS}
-    for d, lo, hi in zip(sets, starts[:-1], starts[1:]):
-        rows = want[(want >= lo) & (want < hi)] - lo
-        for k in arrays:
-            f = os.path.join(d, files[k] + ".npy")
-            if k == "virials" and not os.path.exists(f):
-                continue
-            arrays[k].append(np.asarray(np.load(f, mmap_mode="r")[rows]))
+@contextmanager
+def _system_arrays(path: str, fmt: str):
+    """(element names or None, types, nopbc, sets) of a deepmd/npy folder or a deepmd/hdf5 `file#group`; each
+    set maps an array name ("box", "coord", "energy", ...) to rows read on demand (a memory map, an HDF5
+    dataset): nothing else of the system is read."""
+    if fmt == "deepmd/npy":
+        names = Path(path, "type_map.raw").read_text().split() if Path(path, "type_map.raw").exists() else None
+        types = np.loadtxt(Path(path, "type.raw"), dtype=int, ndmin=1)
+        sets = [{Path(f).name[:-4]: np.load(f, mmap_mode="r") for f in sorted(glob.glob(os.path.join(d, "*.npy")))}
+                for d in sorted(glob.glob(os.path.join(path, "set.*")))]
+        yield names, types, Path(path, "nopbc").exists(), sets
+        return
+    import h5py
+
+    file_path, group = path.split("#", 1)
+    with h5py.File(file_path, "r") as f:
+        g = f[group] if group not in ("", "/") else f
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in g["type_map.raw"][()]] \
+            if "type_map.raw" in g else None
+        sets = [{k[:-4]: g[s][k] for k in g[s] if k.endswith(".npy")} for s in sorted(k for k in g if k.startswith("set."))]
+        yield names, np.asarray(g["type.raw"][()], dtype=int).reshape(-1), "nopbc" in g, sets
+
+
+def read_frames(path: str, fmt: str, frame_ids: list[int], type_map: list[str], labeled: bool) -> dpdata.System:
+    """Frames `frame_ids` of the system at `path` (deepmd/npy folder or deepmd/hdf5 `file#group`): coordinates,
+    cells, types (and energies, forces, virials) read by row, never the whole system, so that a ModelDevi shard
+    of a large system reads only its frames. Types mapped onto `type_map` as dpdata maps them; other data are
+    left out."""
+    with _system_arrays(path, fmt) as (names, types, nopbc, sets):
+        names = names or list(type_map)
+        unknown = sorted({names[t] for t in set(types.tolist())} - set(type_map))
+        if unknown:
+            raise ValueError(f"{path}: element(s) {unknown} not in type_map {type_map}")
+        types = np.array([type_map.index(names[t]) for t in types], dtype=int)
+        starts = np.cumsum([0] + [s["box"].shape[0] for s in sets])
+        given = np.asarray(frame_ids, dtype=int)
+        by_frame = np.argsort(given, kind="stable")
+        want = given[by_frame]  # read in ascending order, set by set; given back in the order asked
+        arrays = {"cells": [], "coords": [], **({k: [] for k in NPY_LABELS} if labeled else {})}
+        files = {"cells": "box", "coords": "coord", **NPY_LABELS}
+        for arrs, lo, hi in zip(sets, starts[:-1], starts[1:]):
+            rows = want[(want >= lo) & (want < hi)] - lo
+            for k in arrays:
+                if len(rows) and files[k] in arrs:  # no virial array: no virials
+                    arrays[k].append(np.asarray(arrs[files[k]][rows]))
     n, natoms = len(want), len(types)
     data = {"atom_names": list(type_map), "atom_numbs": [int(np.sum(types == t)) for t in range(len(type_map))],
-            "atom_types": types, "orig": np.zeros(3), "nopbc": Path(path, "nopbc").exists(),
+            "atom_types": types, "orig": np.zeros(3), "nopbc": nopbc,
             "cells": np.concatenate(arrays["cells"]).reshape(n, 3, 3),
             "coords": np.concatenate(arrays["coords"]).reshape(n, natoms, 3)}
     if labeled:
@@ -185,14 +205,14 @@ def read_npy_frames(path: str, frame_ids: list[int], type_map: list[str], labele
 
 def iter_frames(roots, ids: dict[str, list[int]], type_map, labeled: bool, frames_only: bool = False):
     """Yield (system key, frame ids, dpdata system restricted to those frames), one system at a time.
-    `frames_only`: coordinates, cells, types and labels only, read by frame from deepmd/npy systems
-    (read_npy_frames) instead of loading each whole system."""
+    `frames_only`: coordinates, cells, types and labels only, read by frame (read_frames) instead of loading
+    each whole system."""
     for key in sorted(ids):
         if not ids[key]:
             continue
         path, fmt = system_location(roots, key)
-        if frames_only and fmt == "deepmd/npy":
-            yield key, list(ids[key]), read_npy_frames(path, list(ids[key]), list(type_map), labeled)
+        if frames_only:
+            yield key, list(ids[key]), read_frames(path, fmt, list(ids[key]), list(type_map), labeled)
             continue
         system = load_system(roots, key, type_map, labeled)
         yield key, list(ids[key]), system.sub_system(list(ids[key]))

@@ -11,6 +11,8 @@ deepmd-kit's TensorFlow freeze resets the default graph before it reads the chec
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 
@@ -40,5 +42,15 @@ def main(argv: list[str]) -> None:
     freeze(flag, frozen)
 
 
+def end_now() -> None:
+    """Exit without the interpreter's teardown of TensorFlow/PyTorch (~1.5 s a model here): every file is
+    written and closed by then; only the log streams need flushing."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     main(sys.argv[1:])
+    end_now()

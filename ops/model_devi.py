@@ -34,12 +34,23 @@ from .shards import DEFAULT_SHARD_SIZE, in_shard, shard_ranges
 
 COLUMNS = ("max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f", "avg_devi_f", "devi_e")
 FEATURE_TRANSFER_DIM = 64  # descriptor features per candidate handed to SelectConfs, at most
+# frames per evaluation call when step_configs.model_devi.batch_size is not set; within a call deepmd-kit's
+# AutoBatchSize splits the frames into device batches (on a GPU it grows them until memory runs out)
+FRAMES_PER_CALL = {"cpu": 256, "gpu": 4096}
 
 
 def load_models(model_paths):
     from deepmd.infer import DeepPot
 
     return [DeepPot(str(m)) for m in model_paths]
+
+
+def frames_per_call(models, batch_size: int | None = None) -> int:
+    """`batch_size` when given, else FRAMES_PER_CALL of the device the models run on."""
+    if batch_size:
+        return int(batch_size)
+    auto = getattr(getattr(models[0], "deep_eval", None), "auto_batch_size", None) if models else None
+    return FRAMES_PER_CALL["gpu" if auto is not None and auto.is_gpu_available() else "cpu"]
 
 
 def model_types(models, type_map: list[str], substitution: dict[str, str] | None = None) -> np.ndarray:
@@ -198,7 +209,7 @@ class ModelDevi(OP):
             "state": Artifact(Path),
             "probe_data": Artifact(Path, optional=True),
             "type_map": List[str],
-            "batch_size": int,
+            "batch_size": Parameter(int, default=0),  # frames per evaluation call; 0: frames_per_call's
             "select_params": dict,
             "shard_index": Parameter(int, default=0),
             "shard_size": Parameter(int, default=DEFAULT_SHARD_SIZE),
@@ -217,12 +228,13 @@ class ModelDevi(OP):
         need_models = any(shard.values()) or (ip["shard_index"] == 0 and ip["probe_data"] is not None)
         models = load_models(sorted(ip["models"], key=lambda m: Path(m).name)) if need_models else []
         roots = pick_data_roots(ip["pick_data"], ip["pick_data_paths"])
-        devi = compute_model_devi(models, roots, shard, ip["type_map"], ip["batch_size"],
+        batch_size = frames_per_call(models, ip["batch_size"])
+        devi = compute_model_devi(models, roots, shard, ip["type_map"], batch_size,
                                   true_error=p.trust.uses_true_error)
         classified = classify_shard(devi, p.trust)
         if p.select_style == "diverse" and classified.candidates:
             feats = descriptor_features(models[0], roots, group_ids(classified.candidates), ip["type_map"],
-                                        ip["batch_size"])
+                                        batch_size)
             classified.features = np.array([feats[k] for k in classified.candidates], np.float32)
         summary = {"shard": ip["shard_index"], "n_frames": len(devi.keys)}
         if ip["shard_index"] == 0 and ip["probe_data"] is not None:

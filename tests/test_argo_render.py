@@ -52,7 +52,9 @@ def manifest(example, tmp_path_factory) -> dict:
                             "secret_key": SECRET, "repo_key": "simplify-s3",
                             "repo": {"s3": {"bucket": "simplify", "endpoint": "minio.example.org:9000"}}}
     j["step_configs"] = {"run_fp": {"template_config": {"requests": {"cpu": "2"}, "timeout": 3600},
-                                    "parallelism": 4, "group_size": 5}}
+                                    "parallelism": 4, "group_size": 5},
+                         "run_train": {"template_config": {"limits": {"nvidia.com/gpu": "1"}}},
+                         "model_devi": {"template_config": {"limits": {"nvidia.com/gpu": "1"}}, "shard_size": 64}}
     for name in ("data", "models"):
         (tmp / name).symlink_to(example / name)
     (tmp / "render.json").write_text(json.dumps(j))  # the workflow's name: simplify-render
@@ -239,3 +241,60 @@ def test_pick_data_on_a_volume_is_read_in_place_never_an_artifact(example, tmp_p
 def test_bad_pick_data_volume_is_refused(example, tmp_path, volume, message, capsys):
     proc, _ = _render_with(example, tmp_path, {}, capsys, pick_data_volume=volume)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1500:]
+
+
+def _script_templates(manifest, prefix: str) -> list[dict]:
+    return [t for t in manifest["spec"]["templates"] if t["name"].startswith(prefix)
+            and not t["name"].endswith("init-artifact")]
+
+
+def test_gpu_stages_get_the_cuda_image_and_their_gpus(manifest):
+    """RunTrain and ModelDevi ask for a GPU (step_configs limits): the CUDA variant of the DeePMD-kit image by
+    default, the limit in the pod spec; the other stages stay on CPU images without GPUs."""
+    for prefix in ("runtrain", "modeldevi"):
+        (t,) = _script_templates(manifest, prefix)
+        assert t["script"]["image"] == "dflow-simplify/deepmd:0.1.0-cuda"
+        assert t["script"]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    for prefix in ("preptrain", "selectconfs", "runfp"):
+        for t in _script_templates(manifest, prefix):
+            assert "cuda" not in t["script"]["image"] and "limits" not in t["script"].get("resources", {})
+
+
+def test_model_devi_runs_one_slice_per_shard(manifest):
+    """200 frames in shards of 64: the loop gets the four shard indices (a fixed-size parameter) and ModelDevi
+    runs as a sequence of that many slices."""
+    (devi,) = _script_templates(manifest, "modeldevi")
+    (call,) = [s for t in manifest["spec"]["templates"] for g in t.get("steps", []) for s in g
+               if s["template"] == devi["name"]]
+    assert call["withSequence"]["count"] == "{{=len(sprig.fromJson(inputs.parameters['model_devi_shards']))}}"
+    text = json.dumps(manifest)
+    assert '"name": "model_devi_shards", "value": "[0, 1, 2, 3]"' in text.replace("\n", "")
+
+
+def test_gpus_shards_and_a_pick_data_volume_render_valid(example, tmp_path):
+    volume = {"claim_name": "shared-datasets", "mount_path": str(tmp_path)}
+    gpu = {"template_config": {"limits": {"nvidia.com/gpu": 2}, "requests": {"nvidia.com/gpu": 2}}}
+    proc, manifest = _render_with(example, tmp_path, {"run_train": gpu, "model_devi": {**gpu, "shard_size": 50}},
+                                  pick_data_volume=volume)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not list(jsonschema.Draft202012Validator(strict_schema()).iter_errors(manifest))
+    (devi,) = _script_templates(manifest, "modeldevi")
+    assert devi["script"]["image"].endswith("-cuda") and devi["script"]["volumeMounts"][0]["readOnly"]
+
+
+def test_a_gpu_count_that_is_no_number_is_refused(example, tmp_path, capsys):
+    bad = {"model_devi": {"template_config": {"limits": {"nvidia.com/gpu": "one"}}}}
+    proc, _ = _render_with(example, tmp_path, bad, capsys)
+    assert proc.returncode == 2 and "step_configs.model_devi.template_config: nvidia.com/gpu" in proc.stderr
+
+
+def test_model_devi_batch_follows_the_device_unless_set():
+    from types import SimpleNamespace
+
+    from dflow_simplify.ops.model_devi import FRAMES_PER_CALL, frames_per_call
+
+    def model(gpu: bool):
+        return SimpleNamespace(deep_eval=SimpleNamespace(auto_batch_size=SimpleNamespace(is_gpu_available=lambda: gpu)))
+
+    assert frames_per_call([model(True)]) == FRAMES_PER_CALL["gpu"] > frames_per_call([model(False)]) == 256
+    assert frames_per_call([model(True)], 32) == 32 and frames_per_call([], 0) == 256

@@ -1,5 +1,6 @@
-"""Reading frames by id from a deepmd/npy system without loading it whole (what a ModelDevi shard does): the
-same arrays as dpdata's whole-system load and sub_system, over several set folders, in any order asked."""
+"""Reading frames by id from a deepmd/npy folder or a deepmd/hdf5 group without loading it whole (what a
+ModelDevi shard does): the same arrays as dpdata's whole-system load and sub_system, over several sets, in any
+order asked."""
 
 import dpdata
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from dflow_simplify.ops.data import load_system, read_npy_frames
+from dflow_simplify.ops.data import load_system, read_frames
 
 TYPE_MAP = ["Ag", "Au", "Cu"]
 
@@ -29,11 +30,22 @@ def system(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def h5_system(system, tmp_path_factory):
+    """The same frames in one HDF5 file (dpdata's deepmd/hdf5, DP-GEN's one_h5 form), group Au3Ag1 (the formula)."""
+    path = tmp_path_factory.mktemp("h5") / "pick.h5"
+    dpdata.MultiSystems(dpdata.LabeledSystem(str(system), fmt="deepmd/npy")).to("deepmd/hdf5", str(path), set_size=3)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["deepmd/npy", "deepmd/hdf5"])
 @pytest.mark.parametrize("ids", [[0, 4, 10], [9, 2, 5, 3], list(range(11)), [7]])
 @pytest.mark.parametrize("labeled", [False, True])
-def test_frames_by_id_equal_dpdatas_whole_load(system, ids, labeled):
-    got = read_npy_frames(str(system), ids, TYPE_MAP, labeled)
-    want = load_system([str(system.parent)], f"0/{system.name}", TYPE_MAP, labeled).sub_system(ids)
+def test_frames_by_id_equal_dpdatas_whole_load(system, h5_system, fmt, ids, labeled):
+    root, key = (str(system.parent), f"0/{system.name}") if fmt == "deepmd/npy" else (str(h5_system), "0/#Au3Ag1")
+    path = str(system) if fmt == "deepmd/npy" else f"{h5_system}#Au3Ag1"
+    got = read_frames(path, fmt, ids, TYPE_MAP, labeled)
+    want = load_system([root], key, TYPE_MAP, labeled).sub_system(ids)
     assert got["atom_names"] == want["atom_names"] and list(got["atom_numbs"]) == list(want["atom_numbs"])
     keys = ("coords", "cells", "atom_types") + (("energies", "forces", "virials") if labeled else ())
     for k in keys:
@@ -41,6 +53,8 @@ def test_frames_by_id_equal_dpdatas_whole_load(system, ids, labeled):
     assert got.nopbc == want.nopbc
 
 
-def test_an_element_outside_type_map_is_named(system):
+def test_an_element_outside_type_map_is_named(system, h5_system):
     with pytest.raises(ValueError, match=r"\['Au'\] not in type_map"):
-        read_npy_frames(str(system), [0], ["Ag", "Cu"], False)
+        read_frames(str(system), "deepmd/npy", [0], ["Ag", "Cu"], False)
+    with pytest.raises(ValueError, match=r"\['Au'\] not in type_map"):
+        read_frames(f"{h5_system}#Au3Ag1", "deepmd/hdf5", [0], ["Ag", "Cu"], False)

@@ -239,3 +239,30 @@ def test_checking_s3_pick_data_leaves_no_index_folder_and_no_s3_setting(s3_mapbi
     assert cfg.n_frames == 24 and cfg.pick_uri and cfg.pick_roots == []
     assert dict(s3_config) == before
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "simplify-pick-index-*"))) == leftovers
+
+
+def test_s3_hdf5_pick_data_is_checked_by_ranged_reads(s3_mapbi3, tmp_path):
+    """One large deepmd/hdf5 file in the bucket: `--check` finds its systems and frame counts (the same as the
+    local file's) from the few blocks h5py asks for, not the whole object."""
+    from dflow_simplify.workflows.config import load_config
+
+    from .test_hdf5_pick_data import mapbi3_h5
+
+    s3 = s3_mapbi3
+    small = mapbi3_h5(tmp_path / "small.h5")
+    big = dpdata.LabeledSystem(str(small) + "#" + next(iter(__import__("h5py").File(small))), fmt="deepmd/hdf5")
+    for _ in range(6):  # 24 * 2^6 = 1536 frames
+        big = big + big
+    dpdata.MultiSystems(big).to("deepmd/hdf5", str(tmp_path / "big.h5"))
+    boto(s3).upload_file(str(tmp_path / "big.h5"), BUCKET, "datasets/one-h5/pick.h5")
+    size = (tmp_path / "big.h5").stat().st_size
+    s3.log.clear()
+    env = {**os.environ, "DFLOW_DEBUG_S3": "true"}
+    proc = run_cli([_s3_config(tmp_path / "s3", s3, f"s3://{BUCKET}/datasets/one-h5"), "--check"], env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "1 system(s), 1536 frames in pick_data" in proc.stdout
+    fetched = sum(e[3] for e in s3.log if e[0] == "GET" and "/datasets/one-h5/pick.h5" in e[1])
+    print(f"check read {fetched} of {size} bytes")
+    assert 0 < fetched < size / 10
+    local = _s3_config(tmp_path / "local", s3, str(tmp_path / "big.h5"))
+    assert sum(load_config(local).systems.values()) == 1536

@@ -205,3 +205,19 @@ def test_model_devi_in_shards_gives_the_same_run(short_run, tmp_path):
     assert dataset_frame_ids(out) == dataset_frame_ids(short_run)
     slices = {p.name for p in (out / "work").glob("*/iter-000001--model-devi-*") if p.name[-6:].isdigit()}
     assert slices == {f"iter-000001--model-devi-{i:06d}" for i in range(4)}
+
+
+def test_pick_data_in_one_hdf5_file_gives_the_same_run(short_run, tmp_path):
+    """The example's pick_data as one deepmd/hdf5 file (DP-GEN's one_h5 form, systems as groups, read by frame):
+    the same frames relabeled, the same report as the npy folders."""
+    multi = dpdata.MultiSystems(type_map=TYPE_MAP)
+    for sys_dir in sorted((short_run.parent / "inputs" / "data" / "pick").iterdir()):
+        multi.append(dpdata.LabeledSystem(str(sys_dir), fmt="deepmd/npy", type_map=TYPE_MAP))
+    multi.to("deepmd/hdf5", str(tmp_path / "pick.h5"))
+    out = tmp_path / "run"
+    proc = run_cli([example_config(tmp_path / "inputs", pick_data=str(tmp_path / "pick.h5"), **SHORT), "-o", out])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    got, ref = (json.loads((r / "report.json").read_text()) for r in (out, short_run))
+    assert got["iterations"] == ref["iterations"] and got["n_relabeled"] == ref["n_relabeled"]
+    # system keys differ (0/#Ag16Au16 against 0/Ag16Au16); the frames picked are the same ones
+    assert [(k.replace("#", ""), i) for k, i in dataset_frame_ids(out)] == dataset_frame_ids(short_run)

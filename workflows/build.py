@@ -92,7 +92,7 @@ def loop_parameters(cfg: SimplifyConfig) -> dict:
         "fp_style": cfg.fp_style,
         "fp_params": j["fp_params"],
         "skip_bad_box": j.get("fp_skip_bad_box") or "",
-        "model_devi_batch_size": int(devi_conf.get("batch_size", 256)),
+        "model_devi_batch_size": int(devi_conf.get("batch_size") or 0),  # 0: by the device (ModelDevi)
         # ModelDevi runs as one slice per shard of pick_data (ops/shards.py), the same shards every iteration
         "model_devi_shard_size": shard_size,
         "model_devi_shards": list(range(n_shards(cfg.systems, shard_size))),

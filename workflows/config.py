@@ -350,8 +350,8 @@ def _index_pick_data(cfg: SimplifyConfig, patterns: list[str]) -> None:
         names = find_systems(root)
         if not names:
             if cfg.pick_uri:
-                raise ConfigError(f"pick_data: {cfg.pick_uri} holds no deepmd/npy system (no type.raw found; "
-                                  "HDF5 files must be local)")
+                raise ConfigError(f"pick_data: {cfg.pick_uri} holds no deepmd/npy or deepmd/hdf5 system (no "
+                                  "type.raw found)")
             raise ConfigError(f"pick_data: {root} holds no deepmd/npy or deepmd/hdf5 system (no type.raw found)")
         for name in names:
             key = f"{i}/{name}"
@@ -374,68 +374,104 @@ def _check_roots_distinct(roots: list[str]) -> None:
 
 
 def _check_system(cfg: SimplifyConfig, key: str, root: str, name: str, needs_labels: bool) -> None:
-    """A deepmd/npy system's type.raw and array shapes (headers only), each file named when it is wrong."""
+    """A deepmd system's types and array shapes (npy headers, HDF5 dataset shapes; no array is read), each
+    file or dataset named when it is wrong."""
     if "#" in name:
-        return  # HDF5: dpdata checks it when the system is read
-    sys_dir = Path(root, name)
+        where, types, names, sets = _h5_system(root, name)
+    else:
+        where, types, names, sets = _npy_system(Path(root, name), check_arrays=not cfg.pick_uri)
     type_map = cfg.jdata["type_map"]
+    if not types:
+        raise ConfigError(f"pick_data: {where}/type.raw is empty; expected one integer type per atom")
+    if names is not None:
+        if max(types) >= len(names) or min(types) < 0:
+            raise ConfigError(f"pick_data: {where}/type.raw uses type {max(types)} but {where}/type_map.raw names "
+                              f"{len(names)} elements")
+        unknown = sorted({names[t] for t in types} - set(type_map))
+        if unknown:
+            raise ConfigError(f"pick_data: system {where} has element(s) {unknown} not in type_map {type_map}")
+    elif max(types) >= len(type_map) or min(types) < 0:
+        raise ConfigError(f"pick_data: system {where} uses type {max(types)} but type_map has "
+                          f"{len(type_map)} elements")
+    if not any("box.npy" in shapes for shapes in sets.values()):
+        raise ConfigError(f"pick_data: system {where} has no set.*/box.npy")
+    for set_name, shapes in sets.items():
+        _check_set(f"{where}/{set_name}", shapes, len(types))
+    if needs_labels:
+        for arr in ("energy.npy", "force.npy"):
+            if not any(arr in shapes for shapes in sets.values()):
+                what = "labeled: true" if cfg.jdata["labeled"] else f"fp_style {cfg.fp_style!r}"
+                raise ConfigError(f"pick_data: system {where} lacks {arr}, which {what} needs")
+
+
+def _npy_system(sys_dir: Path, check_arrays: bool) -> tuple[str, list[int], list[str] | None, dict]:
+    """(name, types, element names or None, {set: {array file: shape}}) of a deepmd/npy folder, from the
+    npy headers; with `check_arrays` false (pick_data in S3: index files only) the shapes are left empty."""
     try:
         types = [int(t) for t in (sys_dir / "type.raw").read_text().split()]
     except (ValueError, UnicodeDecodeError):
         raise ConfigError(f"pick_data: {sys_dir / 'type.raw'}: expected one integer type per atom") from None
-    if not types:
-        raise ConfigError(f"pick_data: {sys_dir / 'type.raw'} is empty; expected one integer type per atom")
     tm_file = sys_dir / "type_map.raw"
-    if tm_file.exists():
-        names = tm_file.read_text().split()
-        if max(types) >= len(names) or min(types) < 0:
-            raise ConfigError(f"pick_data: {sys_dir / 'type.raw'} uses type {max(types)} but {tm_file} names "
-                              f"{len(names)} elements")
-        unknown = sorted({names[t] for t in types} - set(type_map))
-        if unknown:
-            raise ConfigError(f"pick_data: system {sys_dir} has element(s) {unknown} not in type_map {type_map}")
-    elif max(types) >= len(type_map) or min(types) < 0:
-        raise ConfigError(f"pick_data: system {sys_dir} uses type {max(types)} but type_map has "
-                          f"{len(type_map)} elements")
-    sets = sorted(glob.glob(str(sys_dir / "set.*")))
-    if not any(os.path.isfile(os.path.join(d, "box.npy")) for d in sets):
-        raise ConfigError(f"pick_data: system {sys_dir} has no set.*/box.npy")
-    for set_dir in sets if not cfg.pick_uri else []:  # in S3 only the index files are fetched for the check
-        _check_set(Path(set_dir), len(types))
-    if needs_labels:
-        for arr in ("energy.npy", "force.npy"):
-            if not glob.glob(str(sys_dir / "set.*" / arr)):
-                what = "labeled: true" if cfg.jdata["labeled"] else f"fp_style {cfg.fp_style!r}"
-                raise ConfigError(f"pick_data: system {sys_dir} lacks {arr}, which {what} needs")
+    names = tm_file.read_text().split() if tm_file.exists() else None
+    sets = {}
+    for set_dir in sorted(glob.glob(str(sys_dir / "set.*"))):
+        sets[Path(set_dir).name] = shapes = {}
+        for arr in SET_ARRAYS:
+            path = Path(set_dir, arr)
+            if path.exists():
+                try:
+                    shapes[arr] = npy_shape(path) if check_arrays else None
+                except ValueError as e:
+                    raise ConfigError(f"pick_data: {e}") from None
+    return str(sys_dir), types, names, sets
+
+
+def _h5_system(root: str, name: str) -> tuple[str, list[int], list[str] | None, dict]:
+    """The same of a deepmd/hdf5 group (`file#group` under `root`), from the dataset shapes."""
+    import h5py
+
+    rel, group = name.split("#", 1)
+    path = os.path.join(root, rel) if rel else root
+    where = f"{path}#{group or '/'}"
+    with h5py.File(path, "r") as f:
+        g = f[group] if group not in ("", "/") else f
+        try:
+            types = [int(t) for t in np.asarray(g["type.raw"][()]).reshape(-1)]
+        except (TypeError, ValueError):
+            raise ConfigError(f"pick_data: {where}/type.raw: expected one integer type per atom") from None
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in g["type_map.raw"][()]] \
+            if "type_map.raw" in g else None
+        sets = {s: {arr: g[s][arr].shape for arr in SET_ARRAYS if arr in g[s]}
+                for s in sorted(k for k in g if k.startswith("set."))}
+    return where, types, names, sets
 
 
 SET_ARRAYS = {"box.npy": lambda n: (9,), "coord.npy": lambda n: (3 * n,), "energy.npy": lambda n: (),
               "force.npy": lambda n: (3 * n,), "virial.npy": lambda n: (9,)}
 
 
-def _check_set(set_dir: Path, natoms: int) -> None:
-    """Every array of one set.* folder: readable, frames per row as box.npy says, atoms as type.raw says."""
+def _check_set(where: str, shapes: dict, natoms: int) -> None:
+    """Every array of one set: present where needed, frames per row as box.npy says, atoms as type.raw says
+    (a shape None: not known here, only its presence is checked)."""
     frames = None
     for name, row in SET_ARRAYS.items():
-        path = set_dir / name
-        if not path.exists():
-            if name in ("box.npy", "coord.npy"):
-                raise ConfigError(f"pick_data: {path} is missing")
+        if name not in shapes:
+            if name in ("box.npy", "coord.npy") and any(v is not None for v in shapes.values()):
+                raise ConfigError(f"pick_data: {where}/{name} is missing")
             continue
-        try:
-            shape = npy_shape(path)
-        except ValueError as e:
-            raise ConfigError(f"pick_data: {e}") from None
+        shape = shapes[name]
+        if shape is None:
+            continue
         n = shape[0] if shape else 0
         per_frame = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
         expect = int(np.prod(row(natoms))) if row(natoms) else 1
         if len(shape) == 0 or per_frame != expect:
-            raise ConfigError(f"pick_data: {path} has shape {shape}; expected (frames, {expect}) for {natoms} atoms "
-                              f"(type.raw)")
+            raise ConfigError(f"pick_data: {where}/{name} has shape {shape}; expected (frames, {expect}) for {natoms} "
+                              "atoms (type.raw)")
         if frames is None:
             frames = n
         elif n != frames:
-            raise ConfigError(f"pick_data: {path} has {n} frames but {set_dir / 'box.npy'} has {frames}")
+            raise ConfigError(f"pick_data: {where}/{name} has {n} frames but {where}/box.npy has {frames}")
 
 
 def _resolve_models(cfg: SimplifyConfig) -> None:
@@ -465,6 +501,11 @@ def _resolve_models(cfg: SimplifyConfig) -> None:
             if mode == "finetune" and backend == "pytorch":
                 for f in sorted(set(files)):
                     _check_branch(f, j["model_branch"])
+            if mode == "finetune" and n > 1 and len(set(files)) == 1:
+                _set(cfg, warnings=[*cfg.warnings, f"{key}: every model starts from the same file, so the models "
+                                    "differ only by their training seeds and deviate far less than independently "
+                                    "trained ones (README: Which starting point?): set model_devi_f_trust_lo on "
+                                    "that scale, or stop on measured error (probe_number, conv_e_rmse)"])
             if not j["training_init_model"]:
                 _set(cfg, warnings=[*cfg.warnings, f"{key} starts iteration 1 only; with training_init_model false "
                                     "the later iterations train from scratch (DP-GEN's rule): set it true to "

@@ -1,8 +1,9 @@
 """Workflow inputs as artifacts: local paths uploaded once under a content-hash key, or `s3://` URIs.
 
-pick_data may already be in the bucket (`s3://<bucket>/<prefix>`, deepmd/npy systems under the
-prefix): the config check then reads only its index files (`fetch_index`), and the workflow refers to
-the prefix as is (plus a one-item dflow catalog), so the data set is never downloaded or re-uploaded here.
+pick_data may already be in the bucket (`s3://<bucket>/<prefix>`, deepmd/npy systems or deepmd/hdf5 files
+under the prefix): the config check then reads only its index (`fetch_index`: the index files; of an HDF5
+file, through ranged reads, its types and array shapes), and the workflow refers to the prefix as is (plus a
+one-item dflow catalog), so the data set is never downloaded or re-uploaded here.
 
 Local mode hands dflow the paths (`upload_artifact` links them). On Argo, each input (pick_data, the
 iteration-0 models, init data, FP input files) goes to `<prefix>simplify-inputs/<sha256>` in the bucket,
@@ -13,6 +14,7 @@ uploaded twice. `render` only computes the keys (nothing is contacted), for `--r
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -102,15 +104,79 @@ def _prefix(uri: str) -> str:
     return s3_key(uri).rstrip("/") + "/"
 
 
+class S3ObjectReader(io.RawIOBase):
+    """One object in the bucket as a read-only, seekable file: every read is a ranged GET, so that h5py reads
+    the few blocks it needs of a large HDF5 file (wrap it in io.BufferedReader)."""
+
+    def __init__(self, client, bucket: str, key: str):
+        self._client, self._bucket, self._key = client, bucket, key
+        self._size = client.stat_object(bucket, key).size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._pos = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence] + offset
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self._size - self._pos)
+        if n <= 0:
+            return 0
+        response = self._client.get_object(self._bucket, self._key, offset=self._pos, length=n)
+        try:
+            data = response.read()
+        finally:
+            response.close()
+            response.release_conn()
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+H5_INDEX = ("type.raw", "type_map.raw", "nopbc")  # copied; every other dataset only declared (shape, dtype)
+
+
+def h5_index(source, dest: Path) -> None:
+    """A stand-in of a deepmd/hdf5 file for the checks: its groups, types and element names, and every set
+    array declared with its shape and dtype but no data (HDF5 allocates nothing for it)."""
+    import h5py
+
+    with h5py.File(source, "r") as src, h5py.File(dest, "w") as out:
+        def copy(name, obj):
+            if isinstance(obj, h5py.Group):
+                out.require_group(name)
+            elif name.rsplit("/", 1)[-1] in H5_INDEX:
+                out.create_dataset(name, data=obj[()])
+            else:
+                out.create_dataset(name, shape=obj.shape, dtype=obj.dtype)
+
+        src.visititems(copy)
+
+
 def fetch_index(uri: str, rels: list[str], dest: Path) -> None:
     """Mirror the index files among `rels` (the prefix's listing, `list_keys`) into `dest`, label arrays
-    as empty placeholders. Reads a few bytes per frame (box.npy)."""
+    as empty placeholders, HDF5 files as `h5_index` stand-ins. Reads a few bytes per frame (box.npy) of npy
+    systems, the metadata blocks of HDF5 files."""
     from dflow.utils import MinioClient
+
+    from dflow_simplify.ops.data import H5_SUFFIXES
 
     client, prefix = MinioClient(), _prefix(uri)
     for rel in rels:
         name, target = rel.rsplit("/", 1)[-1], dest / rel
-        if name in INDEX_FILES or name in LABEL_FILES:
+        if name.endswith(H5_SUFFIXES):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            reader = io.BufferedReader(S3ObjectReader(client.client, client.bucket_name, prefix + rel), 1 << 16)
+            h5_index(reader, target)
+        elif name in INDEX_FILES or name in LABEL_FILES:
             target.parent.mkdir(parents=True, exist_ok=True)
             if name in INDEX_FILES:
                 client.download(prefix + rel, str(target))

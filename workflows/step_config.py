@@ -29,17 +29,28 @@ DISPATCHABLE = ("run_train", "model_devi", "run_fp")  # stages that may run as b
 # images/ builds these (images/build.sh tags them with the package version)
 IMAGE_LIGHT = f"dflow-simplify/light:{__version__}"
 IMAGE_DEEPMD = f"dflow-simplify/deepmd:{__version__}"
+IMAGE_DEEPMD_CUDA = IMAGE_DEEPMD + "-cuda"  # DEVICE=cuda images/build.sh deepmd
+GPU_RESOURCE = "nvidia.com/gpu"
 IMAGE_FP = {"cp2k": f"dflow-simplify/fp-cp2k:{__version__}", "dftd3": f"dflow-simplify/fp-ase:{__version__}",
             "ase": f"dflow-simplify/fp-ase:{__version__}", "none": IMAGE_LIGHT}
 
 
-def default_image(stage: str, fp_style: str, registry: str = "") -> str | None:
+def wants_gpu(template_config: dict) -> bool:
+    """The pod asks for NVIDIA GPUs (limits or requests of nvidia.com/gpu above 0)."""
+    asked = [(template_config.get(k) or {}).get(GPU_RESOURCE, 0) for k in ("limits", "requests")]
+    try:
+        return any(float(a) > 0 for a in asked)
+    except (TypeError, ValueError):
+        raise ValueError(f"{GPU_RESOURCE}: expected a number of GPUs, got {asked}") from None
+
+
+def default_image(stage: str, fp_style: str, registry: str = "", gpu: bool = False) -> str | None:
     """The image a stage runs in unless step_configs names one; `registry` ("reg.example.org/team/")
-    is where images/build.sh --registry pushed them."""
+    is where images/build.sh --registry pushed them; `gpu`: the CUDA variant for the DeePMD-kit stages."""
     if stage in ("prep_train", "select_confs"):
         image = IMAGE_LIGHT
     elif stage in ("run_train", "model_devi"):
-        image = IMAGE_DEEPMD
+        image = IMAGE_DEEPMD_CUDA if gpu else IMAGE_DEEPMD
     else:
         image = IMAGE_FP.get(fp_style)  # VASP, Gaussian, ...: the user's own image (licences)
     return registry + image if image else None
@@ -74,7 +85,9 @@ def stage_args(stage: str) -> Argument:
     if stage == "run_fp":
         fields.append(a("group_size", int, optional=True, default=10, doc="frames per RunFP slice"))
     if stage == "model_devi":
-        fields += [a("batch_size", int, optional=True, default=256, doc="frames per inference batch"),
+        fields += [a("batch_size", [int, type(None)], optional=True, default=None,
+                     doc="frames per evaluation call (default: 256 on CPU, 4096 on a GPU, where deepmd-kit's own "
+                         "automatic batch size then sizes the device's batches)"),
                    a("shard_size", int, optional=True, default=DEFAULT_SHARD_SIZE,
                      doc="frames of pick_data per ModelDevi slice (pod or job): the pool is evaluated in "
                          "shards of this many frames in parallel, up to `parallelism` at once")]
@@ -99,6 +112,14 @@ def check_step_configs(step_configs: dict) -> dict:
             raise ValueError(f"step_configs.{stage}.continue_on_success_ratio: expected (0, 1], got {ratio}")
         if conf.get("executor") is not None:
             check_executor(conf["executor"], f"step_configs.{stage}.executor")
+        tc = conf.get("template_config", {})
+        try:
+            wants_gpu(tc)
+        except ValueError as e:
+            raise ValueError(f"step_configs.{stage}.template_config: {e}") from None
+        for key in ("requests", "limits"):  # Kubernetes quantities are strings: {"cpu": 2} -> {"cpu": "2"}
+            if tc.get(key):
+                tc[key] = {name: str(q) for name, q in tc[key].items()}
     return data
 
 
@@ -137,7 +158,7 @@ class StageSettings:
         conf = self.conf(stage)
         out = {"upload_dflow": False}  # every image and the local venv have dflow installed
         tc = dict(conf.get("template_config", {}))
-        image = tc.pop("image", None) or default_image(stage, self.fp_style, self.registry)
+        image = tc.pop("image", None) or default_image(stage, self.fp_style, self.registry, wants_gpu(tc))
         if image:
             out["image"] = image
         out.update({k: v for k, v in tc.items() if v is not None})
