@@ -1,5 +1,6 @@
 """One RunTrain of the example (400 steps, --init-model, one thread): `dp train` and `dp freeze` as two processes
-(before ops/dp_train_freeze.py) against one process (RunTrain now).
+(before ops/dp_train_freeze.py) against one process (RunTrain now), and what the one process spends outside the
+training steps (its wall time minus numb_steps x deepmd-kit's own "average training time" per batch).
 
     .venv/bin/python benchmarks/train_process.py      # after examples/ag-au-emt-d3/make_example.py
 
@@ -8,6 +9,7 @@ Rules, fixed before the run: the example's training input and first original mod
 """
 import json
 import os
+import re
 import shutil
 import statistics as st
 import subprocess
@@ -32,17 +34,23 @@ init = ["--init-model", str(ex / "models/000/model.ckpt")]
 cmds = {"two": [[py, "-m", "deepmd", "--tf", "train", "input.json", *init],
                 [py, "-m", "deepmd", "--tf", "freeze", "-o", "graph.pb"]],
         "one": [[py, "-m", "dflow_simplify.ops.dp_train_freeze", "--tf", "graph.pb", "train", "input.json", *init]]}
-times = {"two": [], "one": []}
+times, outside = {"two": [], "one": []}, []
+steps = jinput["training"]["numb_steps"]
 for rep in range(3):
     for name, seq in cmds.items():
         w = root / f"{name}{rep}"
         w.mkdir()
         (w / "input.json").write_text(json.dumps(jinput))
         t = time.perf_counter()
-        for c in seq:
-            subprocess.run(c, cwd=w, env=env, check=True, capture_output=True)
+        logs = [subprocess.run(c, cwd=w, env=env, check=True, capture_output=True, text=True) for c in seq]
         times[name].append(time.perf_counter() - t)
-        print(name, rep, round(times[name][-1], 1), flush=True)
+        line = f"{name} {rep} {times[name][-1]:.1f}"
+        if name == "one":
+            per_step = float(re.search(r"average training time: ([0-9.]+) s/batch", logs[0].stderr + logs[0].stdout)[1])
+            outside.append(times[name][-1] - steps * per_step)
+            line += f"  steps {steps} x {per_step:.4f} s = {steps * per_step:.1f} s, outside {outside[-1]:.1f} s"
+        print(line, flush=True)
 print({k: round(st.median(v), 1) for k, v in times.items()}, "ratio one/two",
-      round(st.median(times["one"]) / st.median(times["two"]), 2))
+      round(st.median(times["one"]) / st.median(times["two"]), 2),
+      f"; one process outside the steps: median {st.median(outside):.1f} s (target <= 5 s)")
 shutil.rmtree(root)

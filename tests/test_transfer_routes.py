@@ -125,6 +125,7 @@ def test_finetuned_from_a_multitask_branch(tmp_path):
     holdout = new_level_holdout(tmp_path / "holdout")
     e_t, f_t = rmse([DeepPot(str(m)) for m in final], holdout, ["Ag", "Au"])
     e_b, f_b = rmse([DeepPot(str(branch))], holdout, ["Ag", "Au"])
-    print(f"Ag-Au held out at EMT+D3, E meV/atom / F eV/A: fine-tuned {1e3 * e_t:.1f}/{f_t:.3f}  "
+    n = json.loads((run / "report.json").read_text())["n_relabeled"]
+    print(f"Ag-Au held out at EMT+D3, E meV/atom / F eV/A: fine-tuned {1e3 * e_t:.1f}/{f_t:.3f} ({n} frames)  "
           f"branch agau {1e3 * e_b:.1f}/{f_b:.3f}")
     assert e_t < 0.5 * e_b and f_t < 1.05 * f_b
