@@ -68,6 +68,31 @@ def set_local_mode(workdir: Path) -> None:
     # step inputs as copies: no link into the user's files or another step's (pick_data, the one big input,
     # is read in place: build.py passes its paths, not an artifact)
     dflow_config["debug_copy_method"] = "copy"
+    _lighter_debug_copies()
+
+
+def _lighter_debug_copies() -> None:
+    """dflow's debug mode deep-copies a sliced step, and the scope it runs in, once per slice: 3-10 s between
+    two steps here, more with every iteration and model. Two things made those copies heavy: every S3Artifact
+    holds its own Argo client Configuration (loggers, handlers), never changed once made, so copies may share
+    it; and a finished sliced step keeps its per-slice copies (`parallel_steps`), which dflow reads only while
+    the step runs (its outputs are gathered by then), so they are dropped once it ended."""
+    from argo.workflows.client.configuration import Configuration
+    from dflow.step import Step
+
+    Configuration.__deepcopy__ = lambda self, memo: self
+    if getattr(Step.run, "_drops_slices", False):
+        return
+    run = Step.run
+
+    def run_then_drop_slices(self, *args, **kwargs):
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            self.parallel_steps = []
+
+    run_then_drop_slices._drops_slices = True
+    Step.run = run_then_drop_slices
 
 
 class ProgressPrinter:
