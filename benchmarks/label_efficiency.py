@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -150,6 +151,11 @@ def one_shot_config(cfg: dict, n_pick: int, rounds: int) -> dict:
     return cfg
 
 
+def _trained(record: Path, iteration: int) -> bool:
+    """DP-GEN's record says the training of `iteration` is done (task 2, post_train)."""
+    return record.exists() and f"{iteration} 2" in record.read_text().splitlines()
+
+
 def run_dpgen(cfg: dict, case: dict, new_pick: Path, out: Path, seed: int, dpgen_python: str) -> dict:
     """DP-GEN's own simplify, labeled mode, on the pick_data relabeled at the new level."""
     import dpdata
@@ -158,9 +164,11 @@ def run_dpgen(cfg: dict, case: dict, new_pick: Path, out: Path, seed: int, dpgen
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         param = copy.deepcopy(cfg)
+        stop_iter = param.pop("stop_iter", None)  # not a DP-GEN key: the run is ended after that training round
         for key in ("pick_seed", "step_configs", "fp_params", "_comment", "train_backend"):
             param.pop(key, None)
         param.update(pick_data=[str(new_pick)], labeled=True, fp_style="none", sys_configs=[], init_data_sys=[],
+                     init_data_prefix="",
                      training_iter0_model_path=[str(m) for m in case["models"]])
         param["sys_batch_size"] = list(param.get("sys_batch_size") or ["auto"])
         # DP-GEN requires fp_task_min; 0 = train on every relabeled frame, as ours does (a larger value drops
@@ -181,11 +189,19 @@ def run_dpgen(cfg: dict, case: dict, new_pick: Path, out: Path, seed: int, dpgen
         code = ("import sys, numpy as np; np.random.seed(int(sys.argv[1])); "
                 "from dpgen.simplify.simplify import run_iter; run_iter('simplify.json', 'machine.json')")
         t0 = time.time()
-        proc = subprocess.run([dpgen_python, "-c", code, str(seed)], cwd=out, capture_output=True, text=True,
-                              env={**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"})
+        with open(out / "bench.log", "w") as log:
+            proc = subprocess.Popen([dpgen_python, "-c", code, str(seed)], cwd=out, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"},
+                                    start_new_session=True)
+            while proc.poll() is None:
+                if stop_iter is not None and _trained(out / "record.dpgen", stop_iter):
+                    os.killpg(proc.pid, signal.SIGTERM)  # DP-GEN has no stop_iter: end it as ours ends
+                    proc.wait()
+                    break
+                time.sleep(1)
         wall = time.time() - t0
-        (out / "bench.log").write_text(proc.stdout + proc.stderr)
-        (out / "bench.json").write_text(json.dumps({"wall_s": round(wall, 1), "returncode": proc.returncode}))
+        code = 0 if stop_iter is not None and _trained(out / "record.dpgen", stop_iter) else proc.returncode
+        (out / "bench.json").write_text(json.dumps({"wall_s": round(wall, 1), "returncode": code}))
     info = json.loads((out / "bench.json").read_text())
     trained = sorted(glob.glob(str(out / "iter.*" / "00.train" / "graph.00[0-9].pb")))
     last_iter = sorted({Path(p).parents[1] for p in trained})[-1] if trained else None

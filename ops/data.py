@@ -143,15 +143,16 @@ NPY_LABELS = {"energies": "energy", "forces": "force", "virials": "virial"}
 
 
 @contextmanager
-def _system_arrays(path: str, fmt: str):
-    """(element names or None, types, nopbc, sets) of a deepmd/npy folder or a deepmd/hdf5 `file#group`; each
-    set maps an array name ("box", "coord", "energy", ...) to rows read on demand (a memory map, an HDF5
-    dataset): nothing else of the system is read."""
+def open_system(path: str, fmt: str):
+    """(element names or None, types, nopbc, sets) of a deepmd/npy folder or a deepmd/hdf5 `file#group`; sets
+    maps each set's name, in order, to its arrays: array name ("box", "coord", "energy", ...) -> rows read on
+    demand (a memory map, an HDF5 dataset): nothing else of the system is read."""
     if fmt == "deepmd/npy":
         names = Path(path, "type_map.raw").read_text().split() if Path(path, "type_map.raw").exists() else None
         types = np.loadtxt(Path(path, "type.raw"), dtype=int, ndmin=1)
-        sets = [{Path(f).name[:-4]: np.load(f, mmap_mode="r") for f in sorted(glob.glob(os.path.join(d, "*.npy")))}
-                for d in sorted(glob.glob(os.path.join(path, "set.*")))]
+        sets = {Path(d).name: {Path(f).name[:-4]: np.load(f, mmap_mode="r")
+                               for f in sorted(glob.glob(os.path.join(d, "*.npy")))}
+                for d in sorted(glob.glob(os.path.join(path, "set.*")))}
         yield names, types, Path(path, "nopbc").exists(), sets
         return
     import h5py
@@ -161,7 +162,7 @@ def _system_arrays(path: str, fmt: str):
         g = f[group] if group not in ("", "/") else f
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in g["type_map.raw"][()]] \
             if "type_map.raw" in g else None
-        sets = [{k[:-4]: g[s][k] for k in g[s] if k.endswith(".npy")} for s in sorted(k for k in g if k.startswith("set."))]
+        sets = {s: {k[:-4]: g[s][k] for k in g[s] if k.endswith(".npy")} for s in sorted(k for k in g if k.startswith("set."))}
         yield names, np.asarray(g["type.raw"][()], dtype=int).reshape(-1), "nopbc" in g, sets
 
 
@@ -170,19 +171,19 @@ def read_frames(path: str, fmt: str, frame_ids: list[int], type_map: list[str], 
     cells, types (and energies, forces, virials) read by row, never the whole system, so that a ModelDevi shard
     of a large system reads only its frames. Types mapped onto `type_map` as dpdata maps them; other data are
     left out."""
-    with _system_arrays(path, fmt) as (names, types, nopbc, sets):
+    with open_system(path, fmt) as (names, types, nopbc, sets):
         names = names or list(type_map)
         unknown = sorted({names[t] for t in set(types.tolist())} - set(type_map))
         if unknown:
             raise ValueError(f"{path}: element(s) {unknown} not in type_map {type_map}")
         types = np.array([type_map.index(names[t]) for t in types], dtype=int)
-        starts = np.cumsum([0] + [s["box"].shape[0] for s in sets])
+        starts = np.cumsum([0] + [s["box"].shape[0] for s in sets.values()])
         given = np.asarray(frame_ids, dtype=int)
         by_frame = np.argsort(given, kind="stable")
         want = given[by_frame]  # read in ascending order, set by set; given back in the order asked
         arrays = {"cells": [], "coords": [], **({k: [] for k in NPY_LABELS} if labeled else {})}
         files = {"cells": "box", "coords": "coord", **NPY_LABELS}
-        for arrs, lo, hi in zip(sets, starts[:-1], starts[1:]):
+        for arrs, lo, hi in zip(sets.values(), starts[:-1], starts[1:]):
             rows = want[(want >= lo) & (want < hi)] - lo
             for k in arrays:
                 if len(rows) and files[k] in arrs:  # no virial array: no virials

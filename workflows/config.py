@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from dargs import Argument
 
-from dflow_simplify.ops.data import count_frames, expand_roots, find_systems, npy_shape
+from dflow_simplify.ops.data import count_frames, expand_roots, find_systems, npy_shape, open_system
 from dflow_simplify.ops.fp.bad_box import parse_criteria
 from dflow_simplify.ops.fp.base import ENGINES, get_engine
 from dflow_simplify.ops.selection import STYLES
@@ -428,22 +428,15 @@ def _npy_system(sys_dir: Path, check_arrays: bool) -> tuple[str, list[int], list
 
 def _h5_system(root: str, name: str) -> tuple[str, list[int], list[str] | None, dict]:
     """The same of a deepmd/hdf5 group (`file#group` under `root`), from the dataset shapes."""
-    import h5py
-
     rel, group = name.split("#", 1)
-    path = os.path.join(root, rel) if rel else root
-    where = f"{path}#{group or '/'}"
-    with h5py.File(path, "r") as f:
-        g = f[group] if group not in ("", "/") else f
-        try:
-            types = [int(t) for t in np.asarray(g["type.raw"][()]).reshape(-1)]
-        except (TypeError, ValueError):
-            raise ConfigError(f"pick_data: {where}/type.raw: expected one integer type per atom") from None
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in g["type_map.raw"][()]] \
-            if "type_map.raw" in g else None
-        sets = {s: {arr: g[s][arr].shape for arr in SET_ARRAYS if arr in g[s]}
-                for s in sorted(k for k in g if k.startswith("set."))}
-    return where, types, names, sets
+    path = f"{os.path.join(root, rel) if rel else root}#{group or '/'}"
+    try:
+        with open_system(path, "deepmd/hdf5") as (names, types, _, sets):
+            shapes = {s: {f"{k}.npy": a.shape for k, a in arrays.items() if f"{k}.npy" in SET_ARRAYS}
+                      for s, arrays in sets.items()}
+    except (TypeError, ValueError):
+        raise ConfigError(f"pick_data: {path}/type.raw: expected one integer type per atom") from None
+    return path, [int(t) for t in types], names, shapes
 
 
 SET_ARRAYS = {"box.npy": lambda n: (9,), "coord.npy": lambda n: (3 * n,), "energy.npy": lambda n: (),
