@@ -200,8 +200,8 @@ def run_dpgen(cfg: dict, case: dict, new_pick: Path, out: Path, seed: int, dpgen
                     break
                 time.sleep(1)
         wall = time.time() - t0
-        code = 0 if stop_iter is not None and _trained(out / "record.dpgen", stop_iter) else proc.returncode
-        (out / "bench.json").write_text(json.dumps({"wall_s": round(wall, 1), "returncode": code}))
+        ended = stop_iter is not None and _trained(out / "record.dpgen", stop_iter)  # our SIGTERM: not a failure
+        (out / "bench.json").write_text(json.dumps({"wall_s": round(wall, 1), "returncode": 0 if ended else proc.returncode}))
     info = json.loads((out / "bench.json").read_text())
     trained = sorted(glob.glob(str(out / "iter.*" / "00.train" / "graph.00[0-9].pb")))
     last_iter = sorted({Path(p).parents[1] for p in trained})[-1] if trained else None

@@ -107,12 +107,8 @@ def count_frames(roots: list[str], key: str) -> int:
         for box in sorted(glob.glob(os.path.join(path, "set.*", "box.npy"))):
             n += np.load(box, mmap_mode="r").shape[0]
         return n
-    import h5py
-
-    file_path, group = path.split("#", 1)
-    with h5py.File(file_path, "r") as f:
-        g = f[group] if group not in ("", "/") else f
-        return sum(g[s]["box.npy"].shape[0] for s in g if s.startswith("set."))
+    with open_system(path, fmt) as (_, _, _, sets):
+        return sum(arrays["box"].shape[0] for arrays in sets.values())
 
 
 def npy_shape(path: str | os.PathLike) -> tuple[int, ...]:

@@ -31,6 +31,7 @@ from .loop_state import LoopState, group_ids
 from .params import fatal_errors
 from .selection import SelectParams
 from .shards import DEFAULT_SHARD_SIZE, in_shard, shard_ranges
+from .start_models import models_type_map
 
 COLUMNS = ("max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f", "avg_devi_f", "devi_e")
 FEATURE_TRANSFER_DIM = 64  # descriptor features per candidate handed to SelectConfs, at most
@@ -61,7 +62,7 @@ def model_types(models, type_map: list[str], substitution: dict[str, str] | None
     if len(tmaps) != 1:
         raise ValueError(f"the models disagree on their type maps: {sorted(tmaps)}")
     tm = list(tmaps.pop())
-    names = [t if t in tm else (substitution or {}).get(t, t) for t in type_map]
+    names = [t if t in tm else old for t, old in zip(type_map, models_type_map(type_map, substitution or {}))]
     missing = [t for t, n in zip(type_map, names) if n not in tm]
     if missing:
         raise ValueError(f"element(s) {missing} of type_map are unknown to the models (their type_map: {tm}); "

@@ -20,7 +20,7 @@ from typing import List, Optional
 
 from dflow.python import OP, OPIO, Artifact, FatalError, OPIOSign, TransientError
 
-from .data import find_systems
+from .data import find_systems, open_system
 from .params import OPParams, fatal_errors
 
 BACKENDS = {
@@ -69,11 +69,8 @@ def system_paths(root: str | os.PathLike) -> list[str]:
 
 def _natoms(system: str) -> int:
     if "#" in system:
-        import h5py
-
-        f, g = system.split("#", 1)
-        with h5py.File(f, "r") as h5:
-            return len(h5[g or "/"]["type.raw"][()])
+        with open_system(system, "deepmd/hdf5") as (_, types, _, _):
+            return len(types)
     return len(Path(system, "type.raw").read_text().split())
 
 
