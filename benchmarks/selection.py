@@ -40,7 +40,7 @@ from benchmarks.hetero_case import POPULATIONS, TYPE_MAP, population_of, prepare
 from benchmarks.label_efficiency import one_shot_config, relabel_new_level, rmse, run_dpgen, run_ours  # noqa: E402
 
 D3 = {"method": "pbe", "damping": "d3bj"}
-METHODS = ("random", "default", "true_max", "diverse", "max_devi", "all", "probe", "dpgen", "until")
+METHODS = ("random", "default", "true_max", "diverse", "max_devi", "cluster_max", "all", "probe", "dpgen", "until")
 OFF = 1e9  # a trust level no frame reaches
 
 
@@ -81,7 +81,7 @@ def method_config(base: dict, method: str, rules: dict, conv_e: float, seed: int
     cfg.update(pick_seed=seed, model_devi_f_trust_lo=rules["f"])
     if method == "random":
         cfg.update(model_devi_f_trust_lo=0.0, model_devi_f_trust_hi=OFF)
-    elif method in ("max_devi", "diverse"):
+    elif method in ("max_devi", "diverse", "cluster_max"):
         cfg.update(select_style=method)
     elif method == "true_max":
         cfg.update(model_devi_f_trust_lo=OFF, model_devi_f_trust_hi=OFF, select_style="max_devi",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .selection import TrustLevels, pick, pick_cap, reduce_features, scores
+from .selection import FEATURE_STYLES, TrustLevels, pick, pick_cap, reduce_features, scores
 
 if TYPE_CHECKING:
     from .classified import Classified
@@ -212,9 +212,9 @@ def select(state: LoopState, classified: Classified | None, trust: TrustLevels |
         stopped_by = NOTHING_SELECTED
     elif last_iteration:
         n_pick, stopped_by = 0, STOP_ITER
-    if style == "diverse" and n_pick:
+    if style in FEATURE_STYLES and n_pick:
         if classified.features is None or len(classified.features) != len(cand):
-            raise ValueError(f"select_style diverse: no descriptor features for the {len(cand)} candidates")
+            raise ValueError(f"select_style {style}: no descriptor features for the {len(cand)} candidates")
         features = reduce_features(classified.features)
     order = pick(style, n_pick, score, rng, features, float(rules.get("select_devi_weight") or 0.0))
     chosen = set(int(o) for o in order)

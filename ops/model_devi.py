@@ -233,7 +233,7 @@ class ModelDevi(OP):
         devi = compute_model_devi(models, roots, shard, ip["type_map"], batch_size,
                                   true_error=p.trust.uses_true_error)
         classified = classify_shard(devi, p.trust)
-        if p.select_style == "diverse" and classified.candidates:
+        if p.select_style in FEATURE_STYLES and classified.candidates:
             feats = descriptor_features(models[0], roots, group_ids(classified.candidates), ip["type_map"],
                                         batch_size)
             classified.features = np.array([feats[k] for k in classified.candidates], np.float32)

@@ -12,11 +12,15 @@ Styles pick at most n of the candidates (`select_style`):
   max_devi  the largest score first (DPGEN2's `fixed-levels-max-select`)
   diverse   farthest-point sampling on the candidates' descriptor features, started at the largest score;
             `weight` > 0 multiplies each distance by score**weight (deviation-weighted diversity)
+  cluster_max  k-means of the candidates' descriptor features into n clusters, then from each cluster the
+            candidate with the largest score: the batch covers the candidates' populations in proportion to
+            their spread, not their count, and within each it takes the worst-predicted frame
 The score of a frame is how far it sits above its trust levels: max over the set quantities of value / lo.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +30,8 @@ from .params import OPParams
 FAILED, CANDIDATE, ACCURATE = "failed", "candidate", "accurate"
 NO_LIMIT = 1e10  # DP-GEN's "no limit" for trust levels; anything at or above it is unset
 QUANTITIES = ("f", "e", "f_err", "e_err")  # max force deviation, energy deviation per atom, their true errors
-STYLES = ("random", "max_devi", "diverse")
+STYLES = ("random", "max_devi", "diverse", "cluster_max")
+FEATURE_STYLES = ("diverse", "cluster_max")  # the styles that need the candidates' descriptor features
 LEVEL_FLOOR = 1e-12  # a trust level of 0, for scores
 FEATURE_DIM = 16  # principal components of the candidates' descriptor features that `diverse` compares
 
@@ -119,6 +124,31 @@ def pick_diverse(features: np.ndarray, score: np.ndarray, n: int, weight: float 
     return np.array(picked)
 
 
+def pick_cluster_max(features: np.ndarray, score: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means (k-means++ start, seeded by rng) of the candidates into n clusters; from each non-empty cluster
+    the candidate with the largest score (ties: the first), the clusters in order of that score, largest
+    first. A cluster k-means leaves empty (or fewer distinct points than n) gives its pick to the largest
+    remaining score."""
+    from scipy.cluster.vq import kmeans2
+
+    x = np.asarray(features, dtype=float)
+    score = np.asarray(score, dtype=float)
+    m = len(x)
+    n = min(n, m)
+    if n <= 0:
+        return np.zeros(0, int)
+    if n == m:
+        return pick_max_devi(score, n)
+    k = min(n, len(np.unique(x, axis=0)))  # k-means++ cannot seed more clusters than distinct points
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "One of the clusters is empty")  # handled below
+        _, label = kmeans2(x, k, minit="++", seed=rng)
+    best = [int(np.flatnonzero(label == c)[np.argmax(score[label == c])]) for c in np.unique(label)]
+    best.sort(key=lambda i: (-score[i], i))
+    rest = [int(i) for i in pick_max_devi(score, m) if i not in set(best)]
+    return np.array(best + rest[: n - len(best)], dtype=int)
+
+
 def reduce_features(features: np.ndarray, dim: int = FEATURE_DIM) -> np.ndarray:
     """The candidates' descriptor features on their first `dim` principal components (centred): distances
     stay meaningful, the farthest-point search stays cheap."""
@@ -144,8 +174,10 @@ def pick(style: str, n: int, score: np.ndarray, rng: np.random.Generator, featur
     if style == "max_devi":
         return pick_max_devi(score, n)
     if features is None or len(features) != m:
-        raise ValueError(f"select_style diverse needs descriptor features for all {m} candidates, "
+        raise ValueError(f"select_style {style} needs descriptor features for all {m} candidates, "
                          f"got {None if features is None else len(features)}")
+    if style == "cluster_max":
+        return pick_cluster_max(features, score, n, rng)
     return pick_diverse(features, score, n, weight)
 
 

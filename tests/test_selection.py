@@ -16,6 +16,7 @@ from dflow_simplify.ops.selection import (
     TrustLevels,
     classify,
     pick,
+    pick_cluster_max,
     pick_diverse,
     pick_max_devi,
     scores,
@@ -102,11 +103,40 @@ def test_diverse_with_a_deviation_weight_prefers_uncertain_frames_at_equal_sprea
     assert list(pick_diverse(x, score, 2, weight=2.0)) == [2, 0]  # 10 * 5**2 beats 20.1 * 1
 
 
+def test_cluster_max_takes_the_largest_score_of_each_cluster():
+    rng = np.random.default_rng(2)
+    x, label = _clusters(rng)
+    score = rng.uniform(1, 2, len(x))
+    picked = pick_cluster_max(x, score, 3, np.random.default_rng(0))
+    assert sorted(label[picked]) == [0, 1, 2]
+    for p in picked:  # each pick is its cluster's worst-predicted frame
+        assert score[p] == score[label == label[p]].max()
+    assert list(score[picked]) == sorted(score[picked], reverse=True)
+    # max_devi spends every pick on the big cluster when its scores are highest
+    score[label == 0] += 5
+    assert set(label[pick_max_devi(score, 3)]) == {0}
+    assert sorted(label[pick_cluster_max(x, score, 3, np.random.default_rng(0))]) == [0, 1, 2]
+
+
+def test_cluster_max_is_seeded_and_handles_small_pools():
+    rng = np.random.default_rng(5)
+    x, score = rng.standard_normal((50, 3)), rng.uniform(1, 2, 50)
+    a = pick_cluster_max(x, score, 7, np.random.default_rng(11))
+    assert list(a) == list(pick_cluster_max(x, score, 7, np.random.default_rng(11)))
+    assert len(set(a)) == 7
+    assert sorted(pick_cluster_max(x[:4], score[:4], 9, np.random.default_rng(0))) == [0, 1, 2, 3]
+    # duplicates: k-means leaves clusters empty, the picks still come to n distinct frames
+    dup = np.zeros((10, 2))
+    assert len(set(pick_cluster_max(dup, np.arange(10.0), 4, np.random.default_rng(0)))) == 4
+
+
 def test_pick_refuses_an_unknown_style_and_diverse_without_features():
     with pytest.raises(ValueError, match="select_style"):
         pick("clever", 2, np.ones(3), np.random.default_rng(0))
     with pytest.raises(ValueError, match="features"):
         pick("diverse", 2, np.ones(3), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="cluster_max needs descriptor features"):
+        pick("cluster_max", 2, np.ones(3), np.random.default_rng(0))
 
 
 # ---- select(): styles, the probe, the stopping rule ---------------------------------------------------------
