@@ -29,7 +29,7 @@ from .classified import classify_shard, write_classified
 from .data import find_systems, iter_frames, pick_data_roots
 from .loop_state import LoopState, group_ids
 from .params import fatal_errors
-from .selection import SelectParams
+from .selection import FEATURE_STYLES, SelectParams
 from .shards import DEFAULT_SHARD_SIZE, in_shard, shard_ranges
 from .start_models import models_type_map
 
