@@ -85,3 +85,29 @@ def test_descriptor_features_are_compact_and_separate_compositions(example):
     within = np.mean([np.linalg.norm(m[i] - m[j]) for m in (a, b) for i in range(len(m)) for j in range(i)])
     between = np.mean([np.linalg.norm(x - y) for x in a for y in b])
     assert between > 2 * within
+
+
+@pytest.mark.parametrize("style,with_features", [("max_devi", False), ("cluster_max", True), ("diverse", True)])
+def test_model_devi_op_hands_features_over_for_the_styles_that_need_them(example, tmp_path, monkeypatch, style,
+                                                                          with_features):
+    from dflow.python import OPIO
+
+    from dflow_simplify.ops.model_devi import ModelDevi
+    from dflow_simplify.ops.selection import SelectParams
+
+    monkeypatch.chdir(tmp_path)
+    models, roots, ids = _setup(example)
+    state = LoopState(systems={k: 50 for k in ids}, pool=ids)
+    state.dump(tmp_path / "state.json")
+    params = SelectParams(trust=TrustLevels(f_lo=0.0, f_hi=10.0), init_pick_number=2, iter_pick_number=2,
+                          type_map=TYPE_MAP, select_style=style)
+    out = ModelDevi().execute(OPIO({
+        "models": sorted((example / "models").glob("*/graph.pb")), "pick_data": [example / "data" / "pick"],
+        "pick_data_paths": [], "state": tmp_path / "state.json", "probe_data": None, "type_map": TYPE_MAP,
+        "batch_size": 0, "select_params": params.as_dict(), "shard_index": 0, "shard_size": 1000}))
+    back = read_classified(out["model_devi"])
+    assert len(back.candidates) == 12  # every frame of the pool, f_lo 0
+    if with_features:
+        assert back.features.shape[0] == 12 and back.features.shape[1] <= FEATURE_TRANSFER_DIM
+    else:
+        assert back.features is None
