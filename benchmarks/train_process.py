@@ -1,5 +1,6 @@
 """One RunTrain of the example (400 steps, --init-model, one thread): `dp train` and `dp freeze` as two processes
-(before ops/dp_train_freeze.py) against one process (RunTrain now), and what the one process spends outside the
+(before ops/dp_train_freeze.py) against the one process RunTrain runs now (ops/run_train.train_command, with
+RunTrain's default for the neighbor statistics), and what the one process spends outside the
 training steps (its wall time minus numb_steps x deepmd-kit's own "average training time" per batch).
 
     .venv/bin/python benchmarks/train_process.py      # after examples/ag-au-emt-d3/make_example.py
@@ -19,7 +20,13 @@ import time
 from pathlib import Path
 
 from dflow_simplify.ops.prep_train import PrepTrainParams, gather_iter_data, make_train_input
-from dflow_simplify.ops.run_train import SINGLE_THREAD, set_training_data, system_paths
+from dflow_simplify.ops.run_train import (
+    SINGLE_THREAD,
+    set_training_data,
+    skip_neighbor_stat_by_default,
+    system_paths,
+    train_command,
+)
 
 ex = Path(__file__).resolve().parents[1] / "examples" / "ag-au-emt-d3"
 root = Path(tempfile.mkdtemp(prefix="train-process-"))
@@ -33,7 +40,9 @@ py = sys.executable
 init = ["--init-model", str(ex / "models/000/model.ckpt")]
 cmds = {"two": [[py, "-m", "deepmd", "--tf", "train", "input.json", *init],
                 [py, "-m", "deepmd", "--tf", "freeze", "-o", "graph.pb"]],
-        "one": [[py, "-m", "dflow_simplify.ops.dp_train_freeze", "--tf", "graph.pb", "train", "input.json", *init]]}
+        # what RunTrain runs (its defaults: neighbor statistics skipped when the starting model fixes sel)
+        "one": [train_command("tensorflow", "init_model", ex / "models/000",
+                              skip_neighbor_stat_by_default("init_model", jinput))]}
 times, outside = {"two": [], "one": []}, []
 steps = jinput["training"]["numb_steps"]
 for rep in range(3):
@@ -48,9 +57,9 @@ for rep in range(3):
         if name == "one":
             per_step = float(re.search(r"average training time: ([0-9.]+) s/batch", logs[0].stderr + logs[0].stdout)[1])
             outside.append(times[name][-1] - steps * per_step)
-            line += f"  steps {steps} x {per_step:.4f} s = {steps * per_step:.1f} s, outside {outside[-1]:.1f} s"
+            line += f"  steps {steps} x {per_step:.4f} s = {steps * per_step:.1f} s, outside {outside[-1]:.2f} s"
         print(line, flush=True)
 print({k: round(st.median(v), 1) for k, v in times.items()}, "ratio one/two",
       round(st.median(times["one"]) / st.median(times["two"]), 2),
-      f"; one process outside the steps: median {st.median(outside):.1f} s (target <= 5 s)")
+      f"; one process outside the steps: median {st.median(outside):.2f} s (target <= 5 s)")
 shutil.rmtree(root)

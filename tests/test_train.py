@@ -110,3 +110,17 @@ def test_pytorch_backend_enforces_per_layer_trainable(example, tmp_path):
     assert not moved & set(descriptor), sorted(moved & set(descriptor))
     assert not {k for k, layer in fitting.items() if layer < 2} & moved
     assert {k for k, layer in fitting.items() if layer >= 2} <= moved
+
+
+@pytest.mark.parametrize("init_mode,descriptor,skip", [
+    ("init_model", {"type": "se_e2_a", "sel": [32, 32]}, True),
+    ("finetune", {"type": "se_atten", "sel": 40}, True),
+    ("init_model", {"type": "se_e2_a", "sel": "auto"}, False),  # sel "auto" needs the statistics
+    ("scratch", {"type": "se_e2_a", "sel": [32, 32]}, False),
+    ("init_frz_model", {"type": "hybrid", "list": [{"type": "se_e2_a", "sel": [8]},
+                                                   {"type": "se_e2_r", "sel": "auto:1.1"}]}, False),
+])
+def test_neighbor_statistics_are_skipped_only_when_the_starting_model_fixes_sel(init_mode, descriptor, skip):
+    from dflow_simplify.ops.run_train import skip_neighbor_stat_by_default
+
+    assert skip_neighbor_stat_by_default(init_mode, {"model": {"descriptor": descriptor}}) is skip

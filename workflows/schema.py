@@ -133,8 +133,9 @@ def _training_args() -> list[Argument]:
         a("default_training_param", dict,
           doc="deepmd-kit's input.json; training_data is set per iteration, seeds per model; `trainable` lists "
               "freeze layers"),
-        a("dp_train_skip_neighbor_stat", bool, optional=True, default=False,
-          doc="pass --skip-neighbor-stat to dp train"),
+        a("dp_train_skip_neighbor_stat", [bool, type(None)], optional=True, default=None,
+          doc="pass --skip-neighbor-stat to dp train; unset: when the training starts from a model and every "
+              "descriptor's sel is given as numbers (sel \"auto\" needs the statistics)"),
         a("dp_compress", bool, optional=True, default=False, doc="not supported: must be false"),
         a("training_reuse_iter", [int, type(None)], optional=True, default=None,
           doc="from this iteration on, the training_reuse_* overrides apply"),
