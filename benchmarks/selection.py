@@ -18,7 +18,9 @@ before the first run; the rules:
   * cluster_max, max_devi_fe (added 2026-12-05, after the three-seed runs of the others, with no new setting):
     cluster_max = the select_style of that name; max_devi_fe = max_devi with DP-GEN's energy trust level
     model_devi_e_trust_lo set by the same rule as the force level (the originals' median energy deviation per
-    atom on pick_data), so that frames whose energy the ensemble disputes count as well;
+    atom on pick_data), so that frames whose energy the ensemble disputes count as well; diverse_w1 (added after
+    those two) = diverse with select_devi_weight 1 (each distance times the score, the plain product, no other
+    weight tried);
   * errors: every model of a method on 30 held-out frames per population at the new level, RMSE of energy per
     atom and force components, per population and over all 120 (each population weighs the same), mean over the
     4 models.
@@ -44,7 +46,7 @@ from benchmarks.hetero_case import POPULATIONS, TYPE_MAP, population_of, prepare
 from benchmarks.label_efficiency import one_shot_config, relabel_new_level, rmse, run_dpgen, run_ours  # noqa: E402
 
 D3 = {"method": "pbe", "damping": "d3bj"}
-METHODS = ("random", "default", "true_max", "diverse", "max_devi", "cluster_max", "max_devi_fe", "all", "probe", "dpgen", "until")
+METHODS = ("random", "default", "true_max", "diverse", "max_devi", "cluster_max", "max_devi_fe", "diverse_w1", "all", "probe", "dpgen", "until")
 OFF = 1e9  # a trust level no frame reaches
 
 
@@ -88,6 +90,8 @@ def method_config(base: dict, method: str, rules: dict, conv_e: float, seed: int
         cfg.update(model_devi_f_trust_lo=0.0, model_devi_f_trust_hi=OFF)
     elif method in ("max_devi", "diverse", "cluster_max"):
         cfg.update(select_style=method)
+    elif method == "diverse_w1":
+        cfg.update(select_style="diverse", select_devi_weight=1.0)
     elif method == "max_devi_fe":
         cfg.update(select_style="max_devi", model_devi_e_trust_lo=rules["e"])
     elif method == "true_max":
