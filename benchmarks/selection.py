@@ -46,7 +46,8 @@ from benchmarks.hetero_case import POPULATIONS, TYPE_MAP, population_of, prepare
 from benchmarks.label_efficiency import one_shot_config, relabel_new_level, rmse, run_dpgen, run_ours  # noqa: E402
 
 D3 = {"method": "pbe", "damping": "d3bj"}
-METHODS = ("random", "default", "true_max", "diverse", "max_devi", "cluster_max", "max_devi_fe", "diverse_w1", "all", "probe", "dpgen", "until")
+METHODS = ("random", "default", "true_max", "diverse", "max_devi", "cluster_max", "max_devi_fe", "diverse_w1",
+           "all", "probe", "dpgen", "until")
 OFF = 1e9  # a trust level no frame reaches
 
 
