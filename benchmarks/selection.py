@@ -170,6 +170,7 @@ def main() -> None:
             print(f"seed {seed} {method}: {row[method]['n_relabeled']} frames, E {e_all:.4f}",
                   flush=True)
     print_results(results)
+    print_picks(results, work)
 
 
 def _cell(r: dict, pop: str) -> str:
@@ -213,6 +214,30 @@ def ratios_over_seeds(results: dict, method: str, ref: str, pop: str, quantity: 
         if method in row and ref in row and "error" not in row[method] and "error" not in row[ref]:
             out.append(row[method]["errors"][pop][quantity] / row[ref]["errors"][pop][quantity])
     return out
+
+
+def picked_by_population(run: Path) -> dict | None:
+    """Frames relabeled per population by one of our runs (its last SelectConfs' loop state), or None."""
+    from dflow_simplify.ops.loop_state import LoopState
+
+    states = sorted(run.glob("work/*/iter-*--select-confs/outputs/artifacts/state/state.json"))
+    if not states:
+        return None
+    out = dict.fromkeys(POPULATIONS, 0)
+    for key, ids in LoopState.load(states[-1]).picked.items():
+        out[population_of(key.split("/", 1)[1])] += len(ids)
+    return out
+
+
+def print_picks(results: dict, work: Path) -> None:
+    """Mean frames relabeled per population over the seeds, per method: where each style spends its labels."""
+    print("frames relabeled per population, mean over seeds (" + ", ".join(POPULATIONS) + ")")
+    methods = sorted({m for row in results.get("seeds", {}).values() for m in row}, key=METHODS.index)
+    for m in methods:
+        counts = [c for seed in results["seeds"] if (c := picked_by_population(work / f"{m}-seed{seed}"))]
+        if counts:
+            print(f"  {m:<12}" + " ".join(f"{np.mean([c[p] for c in counts]):6.1f}" for p in POPULATIONS)
+                  + f"   ({len(counts)} seeds)")
 
 
 def print_spread(results: dict, pops: list[str]) -> None:

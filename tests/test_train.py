@@ -124,3 +124,16 @@ def test_neighbor_statistics_are_skipped_only_when_the_starting_model_fixes_sel(
     from dflow_simplify.ops.run_train import skip_neighbor_stat_by_default
 
     assert skip_neighbor_stat_by_default(init_mode, {"model": {"descriptor": descriptor}}) is skip
+
+
+@pytest.mark.slow
+def test_training_process_imports_tensorflow_without_keras():
+    """dp_train_freeze.skip_keras: TensorFlow and deepmd-kit's TensorFlow backend load, Keras does not."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dflow_simplify.ops.dp_train_freeze import skip_keras; skip_keras(); "
+            "import deepmd.tf.entrypoints.main, tensorflow; "
+            "print(sorted(m for m in ('keras', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
