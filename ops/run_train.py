@@ -145,7 +145,7 @@ def run_dp_train(workdir: Path, backend: str, init_mode: str, init_model: Option
 def skip_neighbor_stat_by_default(init_mode: str, jinput: dict) -> bool:
     """Skip deepmd-kit's neighbor statistics when the training starts from a model and every descriptor gives
     its `sel` as numbers: the starting model's sel is kept, so the statistics would only set it again
-    (DP-GEN's `dp_train_skip_neighbor_stat`; ~0.2 s a model here, more on large data). `sel: "auto"`
+    (DP-GEN's `dp_train_skip_neighbor_stat`; ~0.15 s a model here, more on large data). `sel: "auto"`
     needs them."""
     if init_mode == "scratch":
         return False
