@@ -22,7 +22,9 @@ before the first run; the rules:
     those two) = diverse with select_devi_weight 1 (each distance times the score, the plain product, no other
     weight tried); max_devi_e (added after those three, when their picks showed the force deviation spending a
     third of the budget on the hot cells, whose energies the bulk frames already teach) = max_devi on the
-    energy deviation alone, its level by the same median rule (the force levels off);
+    energy deviation alone, its level by the same median rule (the force levels off); max_devi_each (added
+    last, when max_devi served the slabs and max_devi_e the compressed cells) = the new select_style of that
+    name with both levels of max_devi_fe: the largest force and energy deviations in turn;
   * errors: every model of a method on 30 held-out frames per population at the new level, RMSE of energy per
     atom and force components, per population and over all 120 (each population weighs the same), mean over the
     4 models.
@@ -49,7 +51,7 @@ from benchmarks.label_efficiency import one_shot_config, relabel_new_level, rmse
 
 D3 = {"method": "pbe", "damping": "d3bj"}
 METHODS = ("random", "default", "true_max", "diverse", "max_devi", "cluster_max", "max_devi_fe", "diverse_w1",
-           "max_devi_e", "all", "probe", "dpgen", "until")
+           "max_devi_e", "max_devi_each", "all", "probe", "dpgen", "until")
 OFF = 1e9  # a trust level no frame reaches
 
 
@@ -93,6 +95,8 @@ def method_config(base: dict, method: str, rules: dict, conv_e: float, seed: int
         cfg.update(model_devi_f_trust_lo=0.0, model_devi_f_trust_hi=OFF)
     elif method in ("max_devi", "diverse", "cluster_max"):
         cfg.update(select_style=method)
+    elif method == "max_devi_each":
+        cfg.update(select_style="max_devi_each", model_devi_e_trust_lo=rules["e"])
     elif method == "max_devi_e":
         cfg.update(select_style="max_devi", model_devi_f_trust_lo=OFF, model_devi_f_trust_hi=OFF,
                    model_devi_e_trust_lo=rules["e"])

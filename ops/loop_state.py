@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .selection import FEATURE_STYLES, TrustLevels, pick, pick_cap, reduce_features, scores
+from .selection import FEATURE_STYLES, TrustLevels, pick, pick_cap, quantity_scores, reduce_features
 
 if TYPE_CHECKING:
     from .classified import Classified
@@ -189,6 +189,7 @@ def select(state: LoopState, classified: Classified | None, trust: TrustLevels |
     features = None
     if classified is None:
         cand, failed, accurate, score = pool, [], [], np.zeros(len(pool))
+        per_quantity = score[None]
     else:
         cand, failed = classified.candidates, classified.failed
         if classified.n_pool != len(pool):
@@ -200,7 +201,8 @@ def select(state: LoopState, classified: Classified | None, trust: TrustLevels |
             raise ValueError(f"model deviation of {len(strangers)} frames not in the pool, e.g. {strangers[0]}")
         classified_ids = set(cand) | set(failed)
         accurate = [p for p in pool if p not in classified_ids]
-        score = scores(classified.values, trust)
+        per_quantity = quantity_scores(classified.values, trust)
+        score = np.maximum(per_quantity.max(axis=0), 0.0)
     stopped_by = None
     if classified is None:
         n_pick, style = min(int(rules["pick_number"]), len(cand)), "random"
@@ -216,7 +218,7 @@ def select(state: LoopState, classified: Classified | None, trust: TrustLevels |
         if classified.features is None or len(classified.features) != len(cand):
             raise ValueError(f"select_style {style}: no descriptor features for the {len(cand)} candidates")
         features = reduce_features(classified.features)
-    order = pick(style, n_pick, score, rng, features, float(rules.get("select_devi_weight") or 0.0))
+    order = pick(style, n_pick, score, rng, features, float(rules.get("select_devi_weight") or 0.0), per_quantity)
     chosen = set(int(o) for o in order)
     picked = [cand[o] for o in order]
     rest = [cand[o] for o in range(len(cand)) if o not in chosen] + failed

@@ -10,6 +10,8 @@ labels (deepmd-kit's `dp model-devi --real_error`):
 Styles pick at most n of the candidates (`select_style`):
   random    seeded shuffle (DP-GEN's rule, the default)
   max_devi  the largest score first (DPGEN2's `fixed-levels-max-select`)
+  max_devi_each  the largest value / lo of each set quantity in turn (force deviation, energy deviation, true
+            errors): with both deviation levels set, half the batch follows each
   diverse   farthest-point sampling on the candidates' descriptor features, started at the largest score;
             `weight` > 0 multiplies each distance by score**weight (deviation-weighted diversity)
   cluster_max  k-means of the candidates' descriptor features into n clusters, then from each cluster the
@@ -30,7 +32,7 @@ from .params import OPParams
 FAILED, CANDIDATE, ACCURATE = "failed", "candidate", "accurate"
 NO_LIMIT = 1e10  # DP-GEN's "no limit" for trust levels; anything at or above it is unset
 QUANTITIES = ("f", "e", "f_err", "e_err")  # max force deviation, energy deviation per atom, their true errors
-STYLES = ("random", "max_devi", "diverse", "cluster_max")
+STYLES = ("random", "max_devi", "max_devi_each", "diverse", "cluster_max")
 FEATURE_STYLES = ("diverse", "cluster_max")  # the styles that need the candidates' descriptor features
 LEVEL_FLOOR = 1e-12  # a trust level of 0, for scores
 FEATURE_DIM = 16  # principal components of the candidates' descriptor features that `diverse` compares
@@ -79,16 +81,18 @@ def classify(values: dict[str, np.ndarray], trust: TrustLevels) -> np.ndarray:
     return out
 
 
-def scores(values: dict[str, np.ndarray], trust: TrustLevels) -> np.ndarray:
-    """How far each frame sits above its trust levels: max over the set quantities of value / lo (a lo of 0
-    counts as LEVEL_FLOOR, so that quantity dominates: every frame is far above it)."""
+def quantity_scores(values: dict[str, np.ndarray], trust: TrustLevels) -> np.ndarray:
+    """(set quantities, frames): each set quantity's value / lo (a lo of 0 counts as LEVEL_FLOOR, so that
+    quantity dominates: every frame is far above it); zeros when no level is set."""
     n = len(np.asarray(values["f"]))
-    out = np.zeros(n)
-    for q in QUANTITIES:
-        lo, _ = trust.levels(q)
-        if q in values and lo < NO_LIMIT:
-            out = np.maximum(out, np.asarray(values[q], dtype=float) / max(lo, LEVEL_FLOOR))
-    return out
+    rows = [np.asarray(values[q], dtype=float) / max(trust.levels(q)[0], LEVEL_FLOOR)
+            for q in QUANTITIES if q in values and trust.levels(q)[0] < NO_LIMIT]
+    return np.array(rows) if rows else np.zeros((1, n))
+
+
+def scores(values: dict[str, np.ndarray], trust: TrustLevels) -> np.ndarray:
+    """How far each frame sits above its trust levels: the largest of its quantity_scores."""
+    return np.maximum(quantity_scores(values, trust).max(axis=0), 0.0)
 
 
 def pick_random(n_candidates: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -99,6 +103,23 @@ def pick_random(n_candidates: int, n: int, rng: np.random.Generator) -> np.ndarr
 def pick_max_devi(score: np.ndarray, n: int) -> np.ndarray:
     """The n largest scores, largest first (ties by position: stable)."""
     return np.argsort(-np.asarray(score, dtype=float), kind="stable")[:n]
+
+
+def pick_each(per_quantity: np.ndarray, n: int) -> np.ndarray:
+    """The largest score of each quantity in turn (force deviation, energy deviation, ... as set), skipping
+    frames already picked: one quantity whose scale runs higher cannot take the whole batch."""
+    per_quantity = np.atleast_2d(np.asarray(per_quantity, dtype=float))
+    m = per_quantity.shape[1]
+    n = min(n, m)
+    orders = [iter(np.argsort(-row, kind="stable")) for row in per_quantity]
+    picked, seen = [], set()
+    while len(picked) < n:
+        for order in orders:
+            j = next((int(i) for i in order if int(i) not in seen), None)
+            if j is not None and len(picked) < n:
+                picked.append(j)
+                seen.add(j)
+    return np.array(picked, dtype=int)
 
 
 def pick_diverse(features: np.ndarray, score: np.ndarray, n: int, weight: float = 0.0) -> np.ndarray:
@@ -161,7 +182,7 @@ def reduce_features(features: np.ndarray, dim: int = FEATURE_DIM) -> np.ndarray:
 
 
 def pick(style: str, n: int, score: np.ndarray, rng: np.random.Generator, features: np.ndarray | None = None,
-         weight: float = 0.0) -> np.ndarray:
+         weight: float = 0.0, per_quantity: np.ndarray | None = None) -> np.ndarray:
     """Positions (into the candidate list) of the n candidates that `style` picks, in pick order."""
     m = len(score)
     n = min(int(n), m)
@@ -173,6 +194,8 @@ def pick(style: str, n: int, score: np.ndarray, rng: np.random.Generator, featur
         return pick_random(m, n, rng)
     if style == "max_devi":
         return pick_max_devi(score, n)
+    if style == "max_devi_each":
+        return pick_each(score if per_quantity is None else per_quantity, n)
     if features is None or len(features) != m:
         raise ValueError(f"select_style {style} needs descriptor features for all {m} candidates, "
                          f"got {None if features is None else len(features)}")

@@ -18,7 +18,9 @@ from dflow_simplify.ops.selection import (
     pick,
     pick_cluster_max,
     pick_diverse,
+    pick_each,
     pick_max_devi,
+    quantity_scores,
     scores,
 )
 
@@ -101,6 +103,35 @@ def test_diverse_with_a_deviation_weight_prefers_uncertain_frames_at_equal_sprea
     score = np.array([5.0, 1.0, 8.0, 1.0])
     assert list(pick_diverse(x, score, 2)) == [2, 3]  # farthest from the start at the largest score
     assert list(pick_diverse(x, score, 2, weight=2.0)) == [2, 0]  # 10 * 5**2 beats 20.1 * 1
+
+
+def test_max_devi_each_takes_the_largest_of_each_quantity_in_turn():
+    # frames 0-3 far above the force level (hot cells), 4-7 above the energy level, force scale runs higher
+    values = {"f": np.array([9.0, 8, 7, 6, 1.2, 1.1, 1.0, 0.5]), "e": np.array([0.1, 0.1, 0.1, 0.1, 3, 4, 2, 5])}
+    trust = TrustLevels(f_lo=1.0, f_hi=100.0, e_lo=1.0, e_hi=100.0)
+    per_quantity = quantity_scores(values, trust)
+    assert per_quantity.shape == (2, 8)
+    assert list(scores(values, trust)) == list(per_quantity.max(axis=0))
+    assert set(pick("max_devi", 4, scores(values, trust), np.random.default_rng(0))) == {0, 1, 2, 3}
+    assert list(pick_each(per_quantity, 4)) == [0, 7, 1, 5]
+    assert list(pick("max_devi_each", 4, scores(values, trust), np.random.default_rng(0),
+                     per_quantity=per_quantity)) == [0, 7, 1, 5]
+    # a frame first in both rankings is taken once
+    assert list(pick_each(np.array([[3.0, 2, 1], [3.0, 1, 2]]), 3)) == [0, 2, 1]
+    # one quantity set: max_devi's order
+    assert list(pick_each(np.array([[0.3, 2.0, 0.1, 5.0]]), 3)) == [3, 1, 0]
+
+
+def test_select_max_devi_each_reads_both_deviations():
+    state = _pool()
+    keys = flatten(state.pool)
+    values = np.zeros((40, len(COLUMNS)))
+    values[:, COLUMNS.index("max_devi_f")] = np.r_[np.full(20, 0.5), np.full(20, 0.2)]
+    values[:, COLUMNS.index("devi_e")] = np.r_[np.full(20, 0.0), np.linspace(0.1, 0.3, 20)]
+    trust = TrustLevels(f_lo=0.1, f_hi=1.0, e_lo=0.1, e_hi=1.0)
+    classified = classify_shard(Deviations(keys, values), trust)
+    _, picked, _, _ = select(state, classified, trust, dict(RULES, select_style="max_devi_each"), seed=0)
+    assert len(picked.get("0/a", [])) == 2 and picked["0/b"] == [18, 19]  # two by force, the top two by energy
 
 
 def test_cluster_max_takes_the_largest_score_of_each_cluster():

@@ -89,7 +89,8 @@ def _simplify_args() -> list[Argument]:
         # selection and the stopping rule on measured error
         a("select_style", str, optional=True, default="random",
           doc="how candidates are picked: random (DP-GEN's), max_devi (largest deviation or error first, DPGEN2's "
-              "fixed-levels-max-select), diverse (farthest-point sampling on descriptor features) or cluster_max "
+              "fixed-levels-max-select), max_devi_each (the largest of each set quantity in turn: force deviation, "
+              "energy deviation, true errors), diverse (farthest-point sampling on descriptor features) or cluster_max "
               "(k-means of the candidates' descriptor features into as many clusters as picks, the largest "
               "deviation of each)"),
         a("select_devi_weight", NUM, optional=True, default=0.0,
