@@ -1,7 +1,7 @@
 """What a ModelDevi slice hands to SelectConfs: its shard of the pool classified by the trust levels.
 
 Only what selection needs crosses the workflow, so that its size follows the candidates, not the pool: the
-candidates (ids, their quantities of selection.QUANTITIES, for the `diverse` style their descriptor
+candidates (ids, their quantities of selection.QUANTITIES, for the styles of selection.FEATURE_STYLES their descriptor
 features), the failed frames' ids (they stay in the pool), how many frames were accurate (they are retired:
 SelectConfs knows them as the rest of the pool), and a fixed-size histogram per quantity for the report.
 SelectConfs merges the slices' files (`merge`) and picks.
@@ -35,7 +35,7 @@ class Classified:
     n_pool: int = 0
     n_accurate: int = 0
     hist: dict[str, np.ndarray] = field(default_factory=dict)  # quantity -> counts over the shard's pool frames
-    features: np.ndarray | None = None  # (n candidates, d) descriptor features, for `diverse`
+    features: np.ndarray | None = None  # (n candidates, d) descriptor features, for FEATURE_STYLES
 
 
 def classify_shard(devi, trust: TrustLevels) -> Classified:
