@@ -240,7 +240,7 @@ def print_picks(results: dict, work: Path) -> None:
     for m in methods:
         counts = [c for seed in results["seeds"] if (c := picked_by_population(work / f"{m}-seed{seed}"))]
         if counts:
-            print(f"  {m:<12}" + " ".join(f"{np.mean([c[p] for c in counts]):6.1f}" for p in POPULATIONS)
+            print(f"  {m:<14}" + " ".join(f"{np.mean([c[p] for c in counts]):6.1f}" for p in POPULATIONS)
                   + f"   ({len(counts)} seeds)")
 
 
