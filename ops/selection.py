@@ -166,7 +166,8 @@ def pick_cluster_max(features: np.ndarray, score: np.ndarray, n: int, rng: np.ra
         _, label = kmeans2(x, k, minit="++", seed=rng)
     best = [int(np.flatnonzero(label == c)[np.argmax(score[label == c])]) for c in np.unique(label)]
     best.sort(key=lambda i: (-score[i], i))
-    rest = [int(i) for i in pick_max_devi(score, m) if i not in set(best)]
+    chosen = set(best)
+    rest = [int(i) for i in pick_max_devi(score, m) if i not in chosen]
     return np.array(best + rest[: n - len(best)], dtype=int)
 
 
