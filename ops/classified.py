@@ -1,8 +1,8 @@
 """What a ModelDevi slice hands to SelectConfs: its shard of the pool classified by the trust levels.
 
 Only what selection needs crosses the workflow, so that its size follows the candidates, not the pool: the
-candidates (ids, their quantities of selection.QUANTITIES, for the styles of selection.FEATURE_STYLES their descriptor
-features), the failed frames' ids (they stay in the pool), how many frames were accurate (they are retired:
+candidates (ids, their quantities of selection.QUANTITIES, for the styles of selection.FEATURE_STYLES their
+descriptor features), the failed frames' ids (they stay in the pool), how many frames were accurate (they are retired:
 SelectConfs knows them as the rest of the pool), and a fixed-size histogram per quantity for the report.
 SelectConfs merges the slices' files (`merge`) and picks.
 """

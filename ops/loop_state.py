@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .selection import FEATURE_STYLES, TrustLevels, pick, pick_cap, quantity_scores, reduce_features
+from .selection import FEATURE_STYLES, TrustLevels, best_scores, pick, pick_cap, quantity_scores, reduce_features
 
 if TYPE_CHECKING:
     from .classified import Classified
@@ -202,7 +202,7 @@ def select(state: LoopState, classified: Classified | None, trust: TrustLevels |
         classified_ids = set(cand) | set(failed)
         accurate = [p for p in pool if p not in classified_ids]
         per_quantity = quantity_scores(classified.values, trust)
-        score = np.maximum(per_quantity.max(axis=0), 0.0)
+        score = best_scores(per_quantity)
     stopped_by = None
     if classified is None:
         n_pick, style = min(int(rules["pick_number"]), len(cand)), "random"

@@ -9,8 +9,8 @@ the same columns with the deviation from the mean replaced by the RMS over model
 Each ModelDevi is one slice of the pool (ops/shards.py: a fixed range of frames), classifies its frames by
 the trust levels and hands over only what selection needs (ops/classified.py): the candidates, the failed
 frames, counts and histograms. Two extras, from the same loaded models:
-- the descriptor features the `diverse` and `cluster_max` styles need, for the candidates only (per frame and element the
-  mean of the first model's descriptor over its atoms, at most FEATURE_TRANSFER_DIM numbers);
+- the descriptor features the `diverse` and `cluster_max` styles need, for the candidates only (per frame and
+  element the mean of the first model's descriptor over its atoms, at most FEATURE_TRANSFER_DIM numbers);
 - on shard 0, the error of the ensemble's mean prediction on the probe frames (relabeled, held out of
   training): the measured new-level error the stopping rule reads.
 """

@@ -90,9 +90,14 @@ def quantity_scores(values: dict[str, np.ndarray], trust: TrustLevels) -> np.nda
     return np.array(rows) if rows else np.zeros((1, n))
 
 
+def best_scores(per_quantity: np.ndarray) -> np.ndarray:
+    """Each frame's largest quantity score (a column of quantity_scores), at least 0."""
+    return np.maximum(np.asarray(per_quantity).max(axis=0), 0.0)
+
+
 def scores(values: dict[str, np.ndarray], trust: TrustLevels) -> np.ndarray:
     """How far each frame sits above its trust levels: the largest of its quantity_scores."""
-    return np.maximum(quantity_scores(values, trust).max(axis=0), 0.0)
+    return best_scores(quantity_scores(values, trust))
 
 
 def pick_random(n_candidates: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -122,17 +127,21 @@ def pick_each(per_quantity: np.ndarray, n: int) -> np.ndarray:
     return np.array(picked, dtype=int)
 
 
+def _feature_inputs(features, score, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The feature styles' inputs as float arrays, and n capped at the number of candidates."""
+    x = np.asarray(features, dtype=float)
+    return x, np.asarray(score, dtype=float), min(n, len(x))
+
+
 def pick_diverse(features: np.ndarray, score: np.ndarray, n: int, weight: float = 0.0) -> np.ndarray:
     """Farthest-point sampling: start at the largest score, then repeatedly the candidate farthest (Euclidean,
     in feature space as given) from everything picked so far, its distance multiplied by score**weight.
     Picks no near-duplicates while far-apart candidates remain. The features are not scaled per column:
     on principal components that would blow the directions of mere noise up to the weight of the real spread."""
-    x = np.asarray(features, dtype=float)
-    score = np.asarray(score, dtype=float)
-    m = len(x)
-    n = min(n, m)
+    x, score, n = _feature_inputs(features, score, n)
     if n <= 0:
         return np.zeros(0, int)
+    m = len(x)
     w = np.power(np.maximum(score, 1e-12), weight) if weight else np.ones(m)
     picked = [int(np.argmax(score))]
     dist = np.linalg.norm(x - x[picked[0]], axis=1)
@@ -152,12 +161,10 @@ def pick_cluster_max(features: np.ndarray, score: np.ndarray, n: int, rng: np.ra
     remaining score."""
     from scipy.cluster.vq import kmeans2
 
-    x = np.asarray(features, dtype=float)
-    score = np.asarray(score, dtype=float)
-    m = len(x)
-    n = min(n, m)
+    x, score, n = _feature_inputs(features, score, n)
     if n <= 0:
         return np.zeros(0, int)
+    m = len(x)
     if n == m:
         return pick_max_devi(score, n)
     k = min(n, len(np.unique(x, axis=0)))  # k-means++ cannot seed more clusters than distinct points
