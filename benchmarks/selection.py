@@ -31,6 +31,9 @@ before the first run; the rules:
     true-error levels set to the originals' median deviations (the `f` and `e` rules): the accuracy the
     originals have at the old level is the one a frame has not yet reached at the new level; no other level
     tried;
+  * until_dry (added 2026-12-05 after true_max_dl, when `until` capped at 10 rounds had never run dry, its
+    candidates falling by about the 20 picked per round) = `until` with stop_iter 40, to see where DP-GEN's
+    "until nothing is selected" ends on this pool;
   * errors: every model of a method on 30 held-out frames per population at the new level, RMSE of energy per
     atom and force components, per population and over all 120 (each population weighs the same), mean over the
     4 models.
@@ -57,7 +60,7 @@ from benchmarks.label_efficiency import one_shot_config, relabel_new_level, rmse
 
 D3 = {"method": "pbe", "damping": "d3bj"}
 METHODS = ("random", "default", "true_max", "diverse", "max_devi", "cluster_max", "max_devi_fe", "diverse_w1",
-           "max_devi_e", "max_devi_each", "true_max_dl", "all", "probe", "dpgen", "until")
+           "max_devi_e", "max_devi_each", "true_max_dl", "all", "probe", "dpgen", "until", "until_dry")
 OFF = 1e9  # a trust level no frame reaches
 
 
@@ -120,6 +123,8 @@ def method_config(base: dict, method: str, rules: dict, conv_e: float, seed: int
         cfg.update(stop_iter=10, probe_number=10, conv_e_rmse=conv_e)
     elif method == "until":
         cfg.update(stop_iter=10)
+    elif method == "until_dry":
+        cfg.update(stop_iter=40)
     elif method == "all":
         cfg = one_shot_config(cfg, n_frames, rounds=base["stop_iter"])
         cfg["stop_iter"] = 1
