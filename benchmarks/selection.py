@@ -34,6 +34,9 @@ before the first run; the rules:
   * until_dry (added 2026-12-05 after true_max_dl, when `until` capped at 10 rounds had never run dry, its
     candidates falling by about the 20 picked per round) = `until` with stop_iter 40, to see where DP-GEN's
     "until nothing is selected" ends on this pool;
+  * true_each_dl (added 2026-12-05 after true_max_dl, when its picks served the slabs and compressed cells
+    and true_max's the slabs and hot cells) = max_devi_each on the two true errors at true_max_dl's levels:
+    the largest force and energy errors in turn;
   * errors: every model of a method on 30 held-out frames per population at the new level, RMSE of energy per
     atom and force components, per population and over all 120 (each population weighs the same), mean over the
     4 models.
@@ -60,7 +63,7 @@ from benchmarks.label_efficiency import one_shot_config, relabel_new_level, rmse
 
 D3 = {"method": "pbe", "damping": "d3bj"}
 METHODS = ("random", "default", "true_max", "diverse", "max_devi", "cluster_max", "max_devi_fe", "diverse_w1",
-           "max_devi_e", "max_devi_each", "true_max_dl", "all", "probe", "dpgen", "until", "until_dry")
+           "max_devi_e", "max_devi_each", "true_max_dl", "true_each_dl", "all", "probe", "dpgen", "until", "until_dry")
 OFF = 1e9  # a trust level no frame reaches
 
 
@@ -118,6 +121,9 @@ def method_config(base: dict, method: str, rules: dict, conv_e: float, seed: int
                    true_error_f_trust_lo=rules["f_err"], true_error_e_trust_lo=rules["e_err"])
     elif method == "true_max_dl":
         cfg.update(model_devi_f_trust_lo=OFF, model_devi_f_trust_hi=OFF, select_style="max_devi",
+                   true_error_f_trust_lo=rules["f"], true_error_e_trust_lo=rules["e"])
+    elif method == "true_each_dl":
+        cfg.update(model_devi_f_trust_lo=OFF, model_devi_f_trust_hi=OFF, select_style="max_devi_each",
                    true_error_f_trust_lo=rules["f"], true_error_e_trust_lo=rules["e"])
     elif method == "probe":
         cfg.update(stop_iter=10, probe_number=10, conv_e_rmse=conv_e)
