@@ -37,6 +37,13 @@ before the first run; the rules:
   * true_each_dl (added 2026-12-05 after true_max_dl, when its picks served the slabs and compressed cells
     and true_max's the slabs and hot cells) = max_devi_each on the two true errors at true_max_dl's levels:
     the largest force and energy errors in turn;
+  * probe_dl (added 2026-12-05 after until_dry, the second level tried for the stopping rule, written down
+    before its runs; the first, a tenth of the starting error, stopped every seed after one round) =
+    true_max_dl with the probe (probe_number 10) and conv_e_rmse = the originals' old-level energy RMSE on
+    the held-out frames (0.0186 eV/atom: the accuracy the transfer sets out to recover), capped at stop_iter 40;
+    probe_dl_pool (written down with probe_dl) = the same with conv_e_rmse = the originals' old-level energy
+    RMSE on pick_data itself, the mix of populations the probe draws from (the held-out set weighs each
+    population the same, the probe the pool's shares); both are run and reported;
   * errors: every model of a method on 30 held-out frames per population at the new level, RMSE of energy per
     atom and force components, per population and over all 120 (each population weighs the same), mean over the
     4 models.
@@ -63,7 +70,8 @@ from benchmarks.label_efficiency import one_shot_config, relabel_new_level, rmse
 
 D3 = {"method": "pbe", "damping": "d3bj"}
 METHODS = ("random", "default", "true_max", "diverse", "max_devi", "cluster_max", "max_devi_fe", "diverse_w1",
-           "max_devi_e", "max_devi_each", "true_max_dl", "true_each_dl", "all", "probe", "dpgen", "until", "until_dry")
+           "max_devi_e", "max_devi_each", "true_max_dl", "true_each_dl", "all", "probe", "dpgen", "until", "until_dry",
+           "probe_dl", "probe_dl_pool")
 OFF = 1e9  # a trust level no frame reaches
 
 
@@ -127,6 +135,10 @@ def method_config(base: dict, method: str, rules: dict, conv_e: float, seed: int
                    true_error_f_trust_lo=rules["f"], true_error_e_trust_lo=rules["e"])
     elif method == "probe":
         cfg.update(stop_iter=10, probe_number=10, conv_e_rmse=conv_e)
+    elif method in ("probe_dl", "probe_dl_pool"):
+        cfg = method_config(base, "true_max_dl", rules, conv_e, seed, n_frames)
+        level = rules["old_e_rmse"] if method == "probe_dl" else rules["old_e_rmse_pool"]
+        cfg.update(stop_iter=40, probe_number=10, conv_e_rmse=level)
     elif method == "until":
         cfg.update(stop_iter=10)
     elif method == "until_dry":
@@ -165,7 +177,14 @@ def main() -> None:
         assert all(rules[k] == v for k, v in results["rules"].items()), (rules, results["rules"])
         results["rules"] = rules
         results_file.write_text(json.dumps(results, indent=1))
-    rules = results["rules"]
+    if "old_level_pool" not in results["original"]:  # the originals on pick_data at the old level (pool's mix)
+        pool_err = rmse(originals, case["pick_old"], TYPE_MAP)
+        pool_err.pop("per_model")
+        results["original"]["old_level_pool"] = pool_err
+        results_file.write_text(json.dumps(results, indent=1))
+    old = results["original"]
+    rules = {**results["rules"], "old_e_rmse": round(old["old_level"]["all"]["rmse_e_per_atom"], 5),
+             "old_e_rmse_pool": round(old["old_level_pool"]["rmse_e_per_atom"], 5)}
     conv_e = round(0.1 * results["original"]["new_level"]["all"]["rmse_e_per_atom"], 5)
     results["conv_e_rmse"] = conv_e
     run_case = {"pick": pick, "models": case["models"]}
