@@ -104,6 +104,9 @@ def test_the_loop_recurses_until_the_measured_error_is_met(flaky_run):
     assert [it["n_selected"] for it in its] == [10, 10, 0] and report["stopped_by"] == "converged"
     assert its[-1]["n_candidate"] > 0 and [it["n_probe"] for it in its] == [2, 2, 0]
     assert report["n_in_dataset"] == report["n_relabeled"] < 24
+    per_system = report["relabeled_per_system"]  # keyed as pick_data's systems, as many frames as the dataset
+    assert sum(n for n, _ in per_system.values()) == report["n_in_dataset"]
+    assert all(0 < n <= of == 30 for n, of in per_system.values())  # two systems of 30 frames
     # both models of an iteration train on the same set: all labeled frames but the newest probe
     trained = [int(ln.split("n_train=")[1]) for ln in log if ln.startswith("run-train")]
     assert len(trained) == 4 and trained[0] == trained[1] < trained[2] == trained[3]

@@ -83,3 +83,16 @@ def test_measured_errors_count_the_frames_relabeled_before_each_measurement():
             {"iteration": 2, "n_relabeled": 0, "probe_error": dict(probe, rmse_e_per_atom=0.01)}]
     got = measured_errors(rows)
     assert [(m["iteration"], m["relabeled_before"], m["rmse_e_per_atom"]) for m in got] == [(1, 15, 0.05), (2, 40, 0.01)]
+
+
+def test_relabeled_per_system_counts_the_dataset_frames_by_their_pick_data_system(tmp_path):
+    import json
+
+    from dflow_simplify.workflows.report import relabeled_per_system
+
+    (tmp_path / "Ag2").mkdir()
+    (tmp_path / "Ag2" / "frame_ids.json").write_text(json.dumps([["0/bulk", 3], ["0/slab", 1], ["0/bulk", 0]]))
+    (tmp_path / "Au2").mkdir()
+    (tmp_path / "Au2" / "frame_ids.json").write_text(json.dumps([["1/hot", 7], None]))
+    systems = {"0/bulk": 10, "0/slab": 4, "1/hot": 8, "1/never": 5}
+    assert relabeled_per_system(tmp_path, systems) == {"0/bulk": [2, 10], "0/slab": [1, 4], "1/hot": [1, 8]}

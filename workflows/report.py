@@ -146,6 +146,17 @@ def consolidate_dataset(src: str | os.PathLike, dst: str | os.PathLike, type_map
     return multi.get_nframes()
 
 
+def relabeled_per_system(dataset: str | os.PathLike, systems: dict[str, int]) -> dict[str, list[int]]:
+    """Where the labels went: for each pick_data system with a frame in the delivered dataset, [frames
+    relabeled, frames in pick_data], read from the dataset's frame_ids.json."""
+    counts: dict[str, int] = {}
+    for ids_file in sorted(Path(dataset).glob("*/frame_ids.json")):
+        for entry in json.loads(ids_file.read_text()):
+            if entry:  # None: a frame whose group carried no frame_ids.json
+                counts[entry[0]] = counts.get(entry[0], 0) + 1
+    return {key: [n, systems.get(key, 0)] for key, n in sorted(counts.items())}
+
+
 def step_events(steps, seen: set) -> list[str]:
     """One line per keyed OP step that ended since the last call (`seen` is updated): iteration, stage,
     how many of that stage are done in the iteration, and the frames relabeled so far."""
@@ -208,6 +219,7 @@ def collect_outputs(wf, cfg, output: Path, wall_time: float | None = None) -> di
         "wall_time_s": None if wall_time is None else round(wall_time, 1),
         "iterations": [{c: r.get(c) for c in ITER_COLUMNS} for r in rows],
         "measured_error": measured_errors(rows),
+        "relabeled_per_system": relabeled_per_system(dataset_dir, cfg.systems) if dataset_dir.exists() else {},
     }
     figs = write_figures(steps, cfg, Path(output), report, rows)
     Path(output, "report.json").write_text(json.dumps(report, indent=2))
