@@ -44,6 +44,8 @@ before the first run; the rules:
     probe_dl_pool (written down with probe_dl) = the same with conv_e_rmse = the originals' old-level energy
     RMSE on pick_data itself, the mix of populations the probe draws from (the held-out set weighs each
     population the same, the probe the pool's shares); both are run and reported;
+  * seeds 4 and 5 (added 2026-12-05 after all of the above, for random, default and true_max_dl only, to see
+    whether true_max_dl's spread over three seeds holds; reported whatever they give);
   * errors: every model of a method on 30 held-out frames per population at the new level, RMSE of energy per
     atom and force components, per population and over all 120 (each population weighs the same), mean over the
     4 models.
