@@ -1,5 +1,7 @@
-"""The report's pieces on their own: lcurve parsing, the figures, report.html, the progress lines."""
+"""The report's pieces on their own: lcurve parsing, the figures, report.html, the progress lines, where the
+labels went."""
 
+import json
 from types import SimpleNamespace
 
 import matplotlib.image as matplotlib_image
@@ -8,7 +10,7 @@ import numpy as np
 from dflow_simplify.ops.classified import histogram
 from dflow_simplify.ops.selection import TrustLevels
 from dflow_simplify.workflows import figures
-from dflow_simplify.workflows.report import step_events
+from dflow_simplify.workflows.report import relabeled_per_system, step_events
 
 LCURVE = """# step       rmse_trn    rmse_e_trn    rmse_f_trn   lr
 # If there is no available reference data, rmse_*_{val,trn} will print nan
@@ -86,10 +88,6 @@ def test_measured_errors_count_the_frames_relabeled_before_each_measurement():
 
 
 def test_relabeled_per_system_counts_the_dataset_frames_by_their_pick_data_system(tmp_path):
-    import json
-
-    from dflow_simplify.workflows.report import relabeled_per_system
-
     (tmp_path / "Ag2").mkdir()
     (tmp_path / "Ag2" / "frame_ids.json").write_text(json.dumps([["0/bulk", 3], ["0/slab", 1], ["0/bulk", 0]]))
     (tmp_path / "Au2").mkdir()
