@@ -5,7 +5,9 @@ labeled groups, gathered into one `iter_data` directory (only relabeled frames m
 Frames relabeled as the probe (SelectConfs' `probe_number`) are held out: they go to `probe_data`, on which
 ModelDevi measures this iteration's models, and join the training set one iteration later.
 PrepTrain also settles the previous FP round in the loop state: frames that failed to label go back to
-the pool (once), and the round stops the run when more than `ratio_failed` of its tasks failed.
+the pool (once), and the round stops the run when more than `ratio_failed` of its tasks failed. A picked
+frame that came back with neither labels nor a failure record (its RunFP slice failed whole, which
+`continue_on_success_ratio` lets pass on Argo) counts as failed, `kind: no_output`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List
@@ -127,6 +130,17 @@ def fp_round_outcome(new_groups: list[Path], failure_files: list[Path]) -> tuple
     return labeled, failures
 
 
+def picks_without_output(state: LoopState, failures: list[dict], labeled_dirs: list[Path | None]) -> list[dict]:
+    """Failure records for the picked frames that are neither labeled (in `labeled_dirs`: the training set so
+    far, the previous probe, this round's groups) nor recorded as failed: frames of a RunFP slice that ended
+    without output, which `continue_on_success_ratio` lets the loop pass on Argo."""
+    labeled = set().union(*(group_frames(d) for d in labeled_dirs if d is not None and Path(d).is_dir()))
+    recorded = {(f["system"], int(f["frame"])) for f in failures}
+    return [{"system": k, "frame": i, "engine": "unknown", "kind": "no_output", "log_tail": [],
+             "reason": "its RunFP slice ended without output (step_configs.run_fp.continue_on_success_ratio)"}
+            for k, i in flatten(state.picked) if (k, i) not in labeled and (k, i) not in recorded]
+
+
 class PrepTrain(OP):
     """Write one training task per model and gather all frames relabeled so far."""
 
@@ -154,8 +168,13 @@ class PrepTrain(OP):
     def execute(self, ip: OPIO) -> OPIO:
         options = PrepTrainParams.from_dict(ip["options"])
         n_labeled, failures = fp_round_outcome(ip["new_data"], ip["fp_failures"])
-        check_ratio_failed(n_labeled, failures, options.ratio_failed)
-        state = return_failed_frames(LoopState.load(ip["state"]), failures)
+        state = LoopState.load(ip["state"])
+        lost = picks_without_output(state, failures, [ip["iter_data"], ip["probe_data"], *(ip["new_data"] or [])])
+        if lost:
+            print(f"warning: {len(lost)} picked frames came back from RunFP with neither labels nor a failure "
+                  "record (a slice without output); they count as failed tasks", file=sys.stderr)
+        check_ratio_failed(n_labeled, failures + lost, options.ratio_failed)
+        state = return_failed_frames(state, failures + lost)
         state.dump("state.json")
         n = gather_iter_data(ip["iter_data"], ip["new_data"], Path("iter_data"), ip["iter_index"],
                              probe=set(flatten(state.probe)), previous_probe=ip["probe_data"],

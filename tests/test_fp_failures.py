@@ -2,9 +2,14 @@
 The same through the whole loop: tests/test_loop_wiring.py (FlakyEMT, ratio_failed as a FatalError) and, with real
 training and CP2K, tests/test_cp2k.py."""
 
+import json
+import os
+
 import pytest
+from dflow.python import OPIO, FatalError
 
 from dflow_simplify.ops.loop_state import LoopState, check_ratio_failed, return_failed_frames
+from tests.conftest import tiny_training_param
 
 
 def _fail(system, frame):
@@ -26,3 +31,43 @@ def test_ratio_failed():
     with pytest.raises(ValueError, match=r"2 of 20 FP tasks failed \(10%\), more than ratio_failed = 0.05.*frame 1"):
         check_ratio_failed(18, [_fail("0/a", 1), _fail("0/a", 2)], 0.05)
     check_ratio_failed(0, [], 0.05)
+
+
+def _labeled_group(root, name, frames):
+    """A labeled group as RunFP writes it: a system folder with type.raw and frame_ids.json."""
+    d = root / name / "Ag1"
+    d.mkdir(parents=True)
+    (d / "type.raw").write_text("0\n")
+    (d / "frame_ids.json").write_text(json.dumps(frames))
+    return root / name
+
+
+def _prep_train(tmp_path, state, new_data, failures, ratio_failed=None):
+    from dflow_simplify.ops.prep_train import PrepTrain
+
+    tmp_path.mkdir(exist_ok=True)
+    state_file = tmp_path / "state-in.json"
+    state.dump(state_file)
+    failure_file = tmp_path / "failures.json"
+    failure_file.write_text(json.dumps(failures))
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chdir(work)
+    out = PrepTrain().execute(OPIO({
+        "template": tiny_training_param(["Ag"]), "numb_models": 1, "iter_index": 1,
+        "options": {"type_map": ["Ag"], "ratio_failed": ratio_failed}, "state": state_file, "iter_data": None,
+        "new_data": new_data, "fp_failures": [failure_file], "probe_data": None}))
+    return LoopState.load(work / out["state"])
+
+
+def test_picks_a_failed_slice_left_without_output_go_back_to_the_pool(tmp_path, monkeypatch):
+    """continue_on_success_ratio lets a RunFP step pass with a slice that failed whole (on Argo): its frames
+    come back with neither labels nor failures.json, and PrepTrain counts them as failed tasks."""
+    monkeypatch.chdir(tmp_path)
+    state = LoopState(systems={"0/a": 6}, pool={"0/a": [4, 5]}, picked={"0/a": [0, 1, 2, 3]})
+    group = _labeled_group(tmp_path / "fp", "group.0", [["0/a", 0], ["0/a", 1]])
+    after = _prep_train(tmp_path, state, [group], [_fail("0/a", 2)])
+    assert after.picked == {"0/a": [0, 1]} and after.pool == {"0/a": [2, 3, 4, 5]}
+    assert after.fp_retry == {"0/a": [2, 3]}
+    with pytest.raises(FatalError, match=r"2 of 4 FP tasks failed"):
+        _prep_train(tmp_path / "again", state, [group], [_fail("0/a", 2)], ratio_failed=0.25)
