@@ -286,15 +286,3 @@ def test_a_gpu_count_that_is_no_number_is_refused(example, tmp_path, capsys):
     bad = {"model_devi": {"template_config": {"limits": {"nvidia.com/gpu": "one"}}}}
     proc, _ = _render_with(example, tmp_path, bad, capsys)
     assert proc.returncode == 2 and "step_configs.model_devi.template_config: nvidia.com/gpu" in proc.stderr
-
-
-def test_model_devi_batch_follows_the_device_unless_set():
-    from types import SimpleNamespace
-
-    from dflow_simplify.ops.model_devi import FRAMES_PER_CALL, frames_per_call
-
-    def model(gpu: bool):
-        return SimpleNamespace(deep_eval=SimpleNamespace(auto_batch_size=SimpleNamespace(is_gpu_available=lambda: gpu)))
-
-    assert frames_per_call([model(True)]) == FRAMES_PER_CALL["gpu"] > frames_per_call([model(False)]) == 256
-    assert frames_per_call([model(True)], 32) == 32 and frames_per_call([], 0) == 256

@@ -1,5 +1,8 @@
-"""ModelDevi's functions on the example's real models: deepmd-kit's definitions, batching-invariant; DP-GEN's true
-error as deepmd-kit's `--real_error` computes it; descriptor features for the candidates."""
+"""ModelDevi's functions on the example's real models (slow): deepmd-kit's definitions, batching-invariant; DP-GEN's
+true error as deepmd-kit's `--real_error` computes it; descriptor features for the candidates. And (fast) how
+many frames an evaluation call takes."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -7,12 +10,18 @@ import pytest
 from dflow_simplify.ops.classified import classify_shard, read_classified, write_classified
 from dflow_simplify.ops.data import find_systems, load_system
 from dflow_simplify.ops.loop_state import LoopState
-from dflow_simplify.ops.model_devi import COLUMNS, FEATURE_TRANSFER_DIM, compute_model_devi, descriptor_features, load_models
+from dflow_simplify.ops.model_devi import (
+    COLUMNS,
+    FEATURE_TRANSFER_DIM,
+    FRAMES_PER_CALL,
+    compute_model_devi,
+    descriptor_features,
+    frames_per_call,
+    load_models,
+)
 from dflow_simplify.ops.selection import TrustLevels
 
 TYPE_MAP = ["Ag", "Au"]
-
-pytestmark = pytest.mark.slow  # trains or evaluates real models
 
 
 def _setup(example):
@@ -22,6 +31,7 @@ def _setup(example):
     return models, roots, {k: [0, 3, 5, 7, 11, 42] for k in systems}
 
 
+@pytest.mark.slow  # evaluates real models
 def test_model_devi_matches_a_direct_computation(example, tmp_path):
     models, roots, ids = _setup(example)
     devi = compute_model_devi(models, roots, ids, TYPE_MAP, batch_size=4)
@@ -49,6 +59,7 @@ def test_model_devi_matches_a_direct_computation(example, tmp_path):
     assert compute_model_devi(models, roots, LoopState.initial({}).pool, TYPE_MAP).keys == []
 
 
+@pytest.mark.slow  # evaluates real models
 def test_true_error_is_deepmd_kits_real_error(example, tmp_path):
     """The same columns as deepmd-kit's calc_model_devi with real_data (what `dp model-devi --real_error`,
     DP-GEN's true error, runs), against pick_data's labels."""
@@ -73,6 +84,7 @@ def test_true_error_is_deepmd_kits_real_error(example, tmp_path):
     assert np.allclose(back.values["f_err"], devi.true_error[order, COLUMNS.index("max_devi_f")], rtol=1e-6)
 
 
+@pytest.mark.slow  # evaluates real models
 def test_descriptor_features_are_compact_and_separate_compositions(example):
     models, roots, ids = _setup(example)
     feats = descriptor_features(models[0], roots, ids, TYPE_MAP, batch_size=4)
@@ -87,6 +99,7 @@ def test_descriptor_features_are_compact_and_separate_compositions(example):
     assert between > 2 * within
 
 
+@pytest.mark.slow  # evaluates real models
 @pytest.mark.parametrize("style,with_features", [("max_devi", False), ("cluster_max", True), ("diverse", True)])
 def test_model_devi_op_hands_features_over_for_the_styles_that_need_them(example, tmp_path, monkeypatch, style,
                                                                           with_features):
@@ -111,3 +124,11 @@ def test_model_devi_op_hands_features_over_for_the_styles_that_need_them(example
         assert back.features.shape[0] == 12 and back.features.shape[1] <= FEATURE_TRANSFER_DIM
     else:
         assert back.features is None
+
+
+def test_model_devi_batch_follows_the_device_unless_set():
+    def model(gpu: bool):
+        return SimpleNamespace(deep_eval=SimpleNamespace(auto_batch_size=SimpleNamespace(is_gpu_available=lambda: gpu)))
+
+    assert frames_per_call([model(True)]) == FRAMES_PER_CALL["gpu"] > frames_per_call([model(False)]) == 256
+    assert frames_per_call([model(True)], 32) == 32 and frames_per_call([], 0) == 256
