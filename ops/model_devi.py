@@ -1,8 +1,9 @@
 """ModelDevi: the ensemble on the frames still in the pool, in one pass with the models loaded once.
 
 Per pool frame, deepmd-kit's own definitions (`deepmd.infer.model_devi`): max over atoms of the norm of the
-per-component standard deviation of forces across models, the standard deviation of the energy per atom,
-and so on (COLUMNS). In labeled mode with DP-GEN's `true_error_*` levels, the same pass also gives the
+per-component standard deviation of forces across models (with DPGEN2's `relative_f_epsilon`, deepmd-kit's
+relative deviation: each atom's divided by its mean force's norm plus epsilon), the standard deviation of the
+energy per atom, and so on (COLUMNS). In labeled mode with DP-GEN's `true_error_*` levels, the same pass also gives the
 models' error against pick_data's labels, defined as `dp model-devi --real_error` (DP-GEN's true error):
 the same columns with the deviation from the mean replaced by the RMS over models of the error.
 
@@ -70,13 +71,15 @@ def model_types(models, type_map: list[str], substitution: dict[str, str] | None
     return np.array([tm.index(n) for n in names])
 
 
-def deviation_columns(es, fs, vs, natoms: int, real=None) -> np.ndarray:
+def deviation_columns(es, fs, vs, natoms: int, real=None, relative_f: float | None = None) -> np.ndarray:
     """(n, 7) COLUMNS from every model's energies (m, n), forces (m, n, natoms, 3), virials (m, n, 9);
-    with `real` = (energies, forces, virials) of the labels: deepmd-kit's RMS real error instead."""
+    with `real` = (energies, forces, virials) of the labels: deepmd-kit's RMS real error instead.
+    `relative_f` (eV/A): deepmd-kit's relative force deviation, each atom's deviation divided by the norm of
+    the models' mean force on it plus `relative_f` (for the deviation only; the real error stays absolute)."""
     from deepmd.infer.model_devi import calc_model_devi_e, calc_model_devi_f, calc_model_devi_v
 
     real_e, real_f, real_v = real if real is not None else (None, None, None)
-    f = calc_model_devi_f(fs, real_f)[:3]
+    f = calc_model_devi_f(fs, real_f, relative=relative_f if real is None else None)[:3]
     e = np.ravel(calc_model_devi_e(es[..., None], None if real_e is None else np.reshape(real_e, (-1, 1))))
     if real is not None and real_v is None:  # labels without virials: no virial error
         v = [np.full(len(e), np.nan)] * 3
@@ -108,9 +111,11 @@ def _batches(n: int, batch_size: int):
 
 
 def compute_model_devi(models, roots, ids: dict[str, list[int]], type_map, batch_size: int = 256,
-                       true_error: bool = False, substitution: dict[str, str] | None = None) -> Deviations:
+                       true_error: bool = False, substitution: dict[str, str] | None = None,
+                       relative_f: float | None = None) -> Deviations:
     """The deviation columns (and, with `true_error`, the real-error columns against pick_data's labels) of
-    every frame in `ids`, each model evaluated once per batch (`substitution`: as in model_types)."""
+    every frame in `ids`, each model evaluated once per batch (`substitution`: as in model_types;
+    `relative_f`: as in deviation_columns)."""
     keys, rows, err_rows = [], [], []
     if not any(ids.values()):
         return Deviations([], np.zeros((0, len(COLUMNS))), np.zeros((0, len(COLUMNS))) if true_error else None)
@@ -126,7 +131,7 @@ def compute_model_devi(models, roots, ids: dict[str, list[int]], type_map, batch
             es = np.array([o[0] for o in outs]).reshape(m_, -1)
             fs = np.array([o[1] for o in outs]).reshape(m_, -1, natoms, 3)
             vs = np.array([o[2] for o in outs]).reshape(m_, -1, 9)
-            rows.append(deviation_columns(es, fs, vs, natoms))
+            rows.append(deviation_columns(es, fs, vs, natoms, relative_f=relative_f))
             if true_error:
                 real_v = system["virials"][sl].reshape(-1, 9) if "virials" in system.data else None
                 real = (system["energies"][sl], system["forces"][sl], real_v)
@@ -231,7 +236,7 @@ class ModelDevi(OP):
         roots = pick_data_roots(ip["pick_data"], ip["pick_data_paths"])
         batch_size = frames_per_call(models, ip["batch_size"])
         devi = compute_model_devi(models, roots, shard, ip["type_map"], batch_size,
-                                  true_error=p.trust.uses_true_error)
+                                  true_error=p.trust.uses_true_error, relative_f=p.relative_f_epsilon)
         classified = classify_shard(devi, p.trust)
         if p.select_style in FEATURE_STYLES and classified.candidates:
             feats = descriptor_features(models[0], roots, group_ids(classified.candidates), ip["type_map"],

@@ -244,6 +244,7 @@ class SelectParams(OPParams):
     fp_accurate_soft_threshold: float | None = None
     select_style: str = "random"
     select_devi_weight: float = 0.0
+    relative_f_epsilon: float | None = None  # ModelDevi: the force deviation relative to |force| + this (eV/A)
     probe_number: int = 0
     conv_e_rmse: float | None = None
     conv_f_rmse: float | None = None

@@ -89,6 +89,7 @@ MALFORMED = [
     ("negative probe", lambda j: j.update(probe_number=-1), "probe_number"),
     ("conv without probe", lambda j: j.update(conv_e_rmse=0.01), "conv_e_rmse"),
     ("conv not positive", lambda j: j.update(probe_number=5, conv_f_rmse=0), "conv_f_rmse"),
+    ("relative epsilon not positive", lambda j: j.update(relative_f_epsilon=0), "relative_f_epsilon"),
 ]
 
 
@@ -135,4 +136,7 @@ def test_dpgen_true_error_keys_are_accepted_as_is_in_labeled_mode(tmp_path):
     assert (p.trust.f_err_lo, p.trust.f_err_hi, p.trust.e_err_lo) == (0.1, 0.5, 0.01)
     assert p.trust.e_err_hi == 1e10 and p.select_style == "random" and p.probe_number == 0
     assert p.conv_e_rmse is None and p.conv_f_rmse is None and p.trust.uses_true_error
+    assert p.relative_f_epsilon is None
     assert type(p).from_dict(p.as_dict()) == p  # the round trip through the workflow's parameter
+    relative = select_parameters(load_config(_mapbi3(tmp_path / "rel", labeled=True, relative_f_epsilon=0.5)))
+    assert relative.relative_f_epsilon == 0.5 and type(p).from_dict(relative.as_dict()) == relative

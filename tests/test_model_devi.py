@@ -126,9 +126,54 @@ def test_model_devi_op_hands_features_over_for_the_styles_that_need_them(example
         assert back.features is None
 
 
+@pytest.mark.slow  # evaluates real models
+def test_model_devi_op_classifies_by_the_relative_deviation_when_asked(example, tmp_path, monkeypatch):
+    from dflow.python import OPIO
+
+    from dflow_simplify.ops.model_devi import ModelDevi
+    from dflow_simplify.ops.selection import SelectParams
+
+    monkeypatch.chdir(tmp_path)
+    models, roots, ids = _setup(example)
+    f = COLUMNS.index("max_devi_f")
+    absolute = compute_model_devi(models, roots, ids, TYPE_MAP).values[:, f]
+    relative = compute_model_devi(models, roots, ids, TYPE_MAP, relative_f=0.5).values[:, f]
+    assert np.all(relative < absolute / 0.5)  # each atom's deviation over |mean force| + 0.5
+    lo = float(np.median(relative))
+    LoopState(systems={k: 50 for k in ids}, pool=ids).dump(tmp_path / "state.json")
+    params = SelectParams(trust=TrustLevels(f_lo=lo, f_hi=10.0), init_pick_number=2, iter_pick_number=2,
+                          type_map=TYPE_MAP, relative_f_epsilon=0.5)
+    out = ModelDevi().execute(OPIO({
+        "models": sorted((example / "models").glob("*/graph.pb")), "pick_data": [example / "data" / "pick"],
+        "pick_data_paths": [], "state": tmp_path / "state.json", "probe_data": None, "type_map": TYPE_MAP,
+        "batch_size": 0, "select_params": params.as_dict(), "shard_index": 0, "shard_size": 1000}))
+    n_candidates = len(read_classified(out["model_devi"]).candidates)
+    assert n_candidates == int(np.sum(relative >= lo)) != int(np.sum(absolute >= lo))
+
+
 def test_model_devi_batch_follows_the_device_unless_set():
     def model(gpu: bool):
         return SimpleNamespace(deep_eval=SimpleNamespace(auto_batch_size=SimpleNamespace(is_gpu_available=lambda: gpu)))
 
     assert frames_per_call([model(True)]) == FRAMES_PER_CALL["gpu"] > frames_per_call([model(False)]) == 256
     assert frames_per_call([model(True)], 32) == 32 and frames_per_call([], 0) == 256
+
+
+def test_relative_force_deviation_is_deepmd_kits():
+    """DPGEN2's relative_f_epsilon: each atom's force deviation over |mean force| + epsilon (deepmd-kit's
+    relative model deviation), for the deviation only; the true error stays absolute."""
+    from dflow_simplify.ops.model_devi import deviation_columns
+
+    fs = np.zeros((2, 1, 2, 3))  # 2 models, 1 frame, 2 atoms
+    fs[0, 0, 0], fs[1, 0, 0] = [1.0, 0, 0], [3.0, 0, 0]  # atom 0: std 1, mean force 2
+    fs[1, 0, 1] = [0, 0, 0.2]  # atom 1: std 0.1, mean force 0.1
+    es, vs = np.zeros((2, 1)), np.zeros((2, 1, 9))
+    f = COLUMNS.index("max_devi_f")
+    assert deviation_columns(es, fs, vs, 2)[0, f] == pytest.approx(1.0)
+    rel = deviation_columns(es, fs, vs, 2, relative_f=1.0)[0]
+    assert rel[f] == pytest.approx(1 / 3)  # atom 0: 1 / (2 + 1), above atom 1's 0.1 / 1.1
+    assert rel[COLUMNS.index("min_devi_f")] == pytest.approx(0.1 / 1.1)
+    real = (np.zeros(1), np.zeros((1, 2, 3)), np.zeros((1, 9)))
+    err = deviation_columns(es, fs, vs, 2, real=real, relative_f=1.0)[0, f]
+    assert err == pytest.approx(np.sqrt((1 + 9) / 2))  # RMS over models of atom 0's error, absolute
+

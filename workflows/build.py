@@ -67,6 +67,7 @@ def select_parameters(cfg: SimplifyConfig) -> SelectParams:
         fp_accurate_threshold=j.get("fp_accurate_threshold"),
         fp_accurate_soft_threshold=j.get("fp_accurate_soft_threshold"),
         select_style=j["select_style"], select_devi_weight=j["select_devi_weight"],
+        relative_f_epsilon=j["relative_f_epsilon"],
         probe_number=j["probe_number"], conv_e_rmse=j["conv_e_rmse"], conv_f_rmse=j["conv_f_rmse"],
         seed=j["pick_seed"], stop_iter=j.get("stop_iter"),
         group_size=int(j["step_configs"].get("run_fp", {}).get("group_size") or 10),

@@ -52,7 +52,8 @@ def summary(cfg: SimplifyConfig) -> str:
     return (f"config OK: {len(cfg.systems)} system(s), {cfg.n_frames} frames in pick_data; "
             f"{j['numb_models']} models ({j['train_backend']}, start: {cfg.init_mode}); fp_style {cfg.fp_style}; "
             f"pick {j['init_pick_number']} then <= {j['iter_pick_number']} per iteration; "
-            f"f_trust [{j['model_devi_f_trust_lo']}, {j['model_devi_f_trust_hi']})")
+            f"f_trust [{j['model_devi_f_trust_lo']}, {j['model_devi_f_trust_hi']})"
+            + ("" if j["relative_f_epsilon"] is None else f" relative (epsilon {j['relative_f_epsilon']} eV/A)"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -173,6 +173,8 @@ def _check_numbers(j: dict) -> None:
                           "labeled: true (DP-GEN's rule); remove it or set labeled: true")
     if j["select_style"] not in STYLES:
         raise ConfigError(f"select_style: expected one of {list(STYLES)}, got {j['select_style']!r}")
+    if j["relative_f_epsilon"] is not None and not j["relative_f_epsilon"] > 0:
+        raise ConfigError(f"relative_f_epsilon: expected a positive number (eV/A), got {j['relative_f_epsilon']}")
     if j["select_devi_weight"] < 0:
         raise ConfigError(f"select_devi_weight: expected a number >= 0, got {j['select_devi_weight']}")
     if j["probe_number"] < 0:

@@ -40,15 +40,16 @@ def read_lcurve(path) -> dict[str, np.ndarray]:
     return {n: data[:, i] for i, n in enumerate(names[: data.shape[1]])}
 
 
-def plot_deviation(hists: dict[int, dict[str, list]], trust, path) -> None:
+def plot_deviation(hists: dict[int, dict[str, list]], trust, path, relative_f: float | None = None) -> None:
     """Per iteration, the histograms of max_devi_f and devi_e over the pool (counts over
     classified.HIST_EDGES, as ModelDevi's slices made them) with the trust levels (`trust`:
-    selection.TrustLevels, as SelectConfs gets them)."""
+    selection.TrustLevels, as SelectConfs gets them); `relative_f`: the force deviation is relative."""
     from dflow_simplify.ops.classified import HIST_EDGES
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, q, unit in ((axes[0], "f", "eV/A"), (axes[1], "e", "eV/atom")):
+    f_unit = "eV/A" if relative_f is None else f"relative, epsilon {relative_f:g} eV/A"
+    for ax, q, unit in ((axes[0], "f", f_unit), (axes[1], "e", "eV/atom")):
         counts = {it: np.asarray(h[q]) for it, h in sorted(hists.items()) if q in h}
         used = np.flatnonzero(sum(counts.values(), np.zeros(len(HIST_EDGES) - 1)))
         lo, hi = (used[0], used[-1] + 1) if len(used) else (0, len(HIST_EDGES) - 1)

@@ -102,7 +102,8 @@ def write_figures(steps, cfg, output: Path, report: dict, rows: list[dict]) -> l
     # the pool's deviations per iteration, as ModelDevi's slices histogrammed them (SelectConfs' report)
     devi = {r["iteration"]: r["histograms"] for r in rows if r.get("histograms")}
     if devi:
-        figures.plot_deviation(devi, select_parameters(cfg).trust, output / "deviation.png")
+        params = select_parameters(cfg)
+        figures.plot_deviation(devi, params.trust, output / "deviation.png", params.relative_f_epsilon)
         written.append("deviation.png")
     if report["iterations"]:
         figures.plot_counts(report["iterations"], output / "counts.png")

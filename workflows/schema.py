@@ -77,6 +77,10 @@ def _simplify_args() -> list[Argument]:
           doc="candidate when the energy deviation per atom (eV) is at or above this (1e10: unset)"),
         a("model_devi_e_trust_hi", NUM, optional=True, default=BIG, alias=["e_trust_hi"],
           doc="failed when the energy deviation per atom (eV) is at or above this (1e10: unset)"),
+        a("relative_f_epsilon", [float, int, type(None)], optional=True, default=None,
+          doc="DPGEN2's key: the force deviation relative to the force, deepmd-kit's relative model deviation "
+              "(each atom's deviation divided by the norm of the models' mean force on it plus this, eV/A); "
+              "model_devi_f_trust_lo/hi then are relative (dimensionless). Unset: absolute, in eV/A"),
         # DP-GEN's true error (dpgen PR #1321): the models' error against pick_data's labels (labeled mode)
         a("true_error_f_trust_lo", NUM, optional=True, default=BIG,
           doc="labeled mode: candidate when the true max force error (eV/A) is at or above this (DP-GEN's rule)"),
