@@ -46,6 +46,12 @@ before the first run; the rules:
     population the same, the probe the pool's shares); both are run and reported;
   * seeds 4 and 5 (added 2026-12-05 after all of the above, for random, default and true_max_dl only, to see
     whether true_max_dl's spread over three seeds holds; reported whatever they give);
+  * max_devi_rel (added 2026-12-05 after all of the above, with the new relative_f_epsilon key, when the force
+    deviation's picks had gone a third to the hot cells, whose large forces inflate their absolute deviation;
+    rule written before its runs) = max_devi with relative_f_epsilon = the median norm of the atomic forces of
+    pick_data's labels (`rel_eps`) and model_devi_f_trust_lo = the originals' median relative max force
+    deviation on pick_data with that epsilon (`f_rel`, the same median rule); no other epsilon tried. Run
+    beside random and max_devi, three seeds, on a case made again from scratch;
   * errors: every model of a method on 30 held-out frames per population at the new level, RMSE of energy per
     atom and force components, per population and over all 120 (each population weighs the same), mean over the
     4 models.
@@ -73,7 +79,7 @@ from benchmarks.label_efficiency import one_shot_config, relabel_new_level, rmse
 D3 = {"method": "pbe", "damping": "d3bj"}
 METHODS = ("random", "default", "true_max", "diverse", "max_devi", "cluster_max", "max_devi_fe", "diverse_w1",
            "max_devi_e", "max_devi_each", "true_max_dl", "true_each_dl", "all", "probe", "dpgen", "until", "until_dry",
-           "probe_dl", "probe_dl_pool")
+           "probe_dl", "probe_dl_pool", "max_devi_rel")
 OFF = 1e9  # a trust level no frame reaches
 
 
@@ -110,6 +116,23 @@ def trust_rules(models: list[Path], pick: Path) -> dict:
     return {k: round(float(np.median(q[k])), 5) for k in ("f", "e", "f_err", "e_err")}
 
 
+def relative_rules(models: list[Path], pick: Path) -> dict:
+    """max_devi_rel's settings: epsilon = the median norm of pick_data's atomic forces (its labels), and the
+    originals' median relative max force deviation on pick_data with it."""
+    import dpdata
+
+    from dflow_simplify.ops.data import count_frames, find_systems
+    from dflow_simplify.ops.model_devi import compute_model_devi, load_models
+
+    norms = np.concatenate([np.linalg.norm(dpdata.LabeledSystem(str(pick / rel), fmt="deepmd/npy")["forces"],
+                                           axis=-1).ravel() for rel in find_systems(str(pick))])
+    eps = round(float(np.median(norms)), 3)
+    roots = [str(pick)]
+    ids = {f"0/{rel}": list(range(count_frames(roots, f"0/{rel}"))) for rel in find_systems(str(pick))}
+    devi = compute_model_devi(load_models(models), roots, ids, TYPE_MAP, relative_f=eps)
+    return {"rel_eps": eps, "f_rel": round(float(np.median(devi.quantities()["f"])), 5)}
+
+
 def method_config(base: dict, method: str, rules: dict, conv_e: float, seed: int, n_frames: int) -> dict:
     cfg = copy.deepcopy(base)
     cfg.update(pick_seed=seed, model_devi_f_trust_lo=rules["f"])
@@ -117,6 +140,8 @@ def method_config(base: dict, method: str, rules: dict, conv_e: float, seed: int
         cfg.update(model_devi_f_trust_lo=0.0, model_devi_f_trust_hi=OFF)
     elif method in ("max_devi", "diverse", "cluster_max"):
         cfg.update(select_style=method)
+    elif method == "max_devi_rel":
+        cfg.update(select_style="max_devi", relative_f_epsilon=rules["rel_eps"], model_devi_f_trust_lo=rules["f_rel"])
     elif method == "max_devi_each":
         cfg.update(select_style="max_devi_each", model_devi_e_trust_lo=rules["e"])
     elif method == "max_devi_e":
@@ -183,6 +208,9 @@ def main() -> None:
         pool_err = rmse(originals, case["pick_old"], TYPE_MAP)
         pool_err.pop("per_model")
         results["original"]["old_level_pool"] = pool_err
+        results_file.write_text(json.dumps(results, indent=1))
+    if "rel_eps" not in results["rules"] and "max_devi_rel" in args.methods:
+        results["rules"].update(relative_rules(originals, pick))
         results_file.write_text(json.dumps(results, indent=1))
     old = results["original"]
     rules = {**results["rules"], "old_e_rmse": round(old["old_level"]["all"]["rmse_e_per_atom"], 5),
