@@ -51,7 +51,8 @@ before the first run; the rules:
     rule written before its runs) = max_devi with relative_f_epsilon = the median norm of the atomic forces of
     pick_data's labels (`rel_eps`) and model_devi_f_trust_lo = the originals' median relative max force
     deviation on pick_data with that epsilon (`f_rel`, the same median rule); no other epsilon tried. Run
-    beside random and max_devi, three seeds, on a case made again from scratch;
+    beside random and max_devi, three seeds, on a case made again from scratch; then (written down after those
+    three seeds, before these runs) seeds 4 and 5 for random and max_devi_rel, reported whatever they give;
   * errors: every model of a method on 30 held-out frames per population at the new level, RMSE of energy per
     atom and force components, per population and over all 120 (each population weighs the same), mean over the
     4 models.
