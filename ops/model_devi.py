@@ -3,9 +3,9 @@
 Per pool frame, deepmd-kit's own definitions (`deepmd.infer.model_devi`): max over atoms of the norm of the
 per-component standard deviation of forces across models (with DPGEN2's `relative_f_epsilon`, deepmd-kit's
 relative deviation: each atom's divided by its mean force's norm plus epsilon), the standard deviation of the
-energy per atom, and so on (COLUMNS). In labeled mode with DP-GEN's `true_error_*` levels, the same pass also gives the
-models' error against pick_data's labels, defined as `dp model-devi --real_error` (DP-GEN's true error):
-the same columns with the deviation from the mean replaced by the RMS over models of the error.
+energy per atom, and so on (COLUMNS). In labeled mode with DP-GEN's `true_error_*` levels, the same pass also
+gives the models' error against pick_data's labels, defined as `dp model-devi --real_error` (DP-GEN's true
+error): the same columns with the deviation from the mean replaced by the RMS over models of the error.
 
 Each ModelDevi is one slice of the pool (ops/shards.py: a fixed range of frames), classifies its frames by
 the trust levels and hands over only what selection needs (ops/classified.py): the candidates, the failed
