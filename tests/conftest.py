@@ -68,6 +68,17 @@ def example_config(folder: Path, base: str = "config.json", edit=None, **changes
     return folder / "config.json"
 
 
+def labeled_group(root: Path, name: str, frames: list) -> Path:
+    """A labeled group as RunFP writes it: a system folder with type.raw and frame_ids.json."""
+    import json
+
+    d = root / name / "Ag1"
+    d.mkdir(parents=True)
+    (d / "type.raw").write_text("0\n")
+    (d / "frame_ids.json").write_text(json.dumps(frames))
+    return root / name
+
+
 def dataset_frame_ids(run: Path) -> list[tuple]:
     """The (system key, frame) ids of a run's consolidated dataset, sorted."""
     import json

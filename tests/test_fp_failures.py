@@ -9,7 +9,7 @@ import pytest
 from dflow.python import OPIO, FatalError
 
 from dflow_simplify.ops.loop_state import LoopState, check_ratio_failed, return_failed_frames
-from tests.conftest import tiny_training_param
+from tests.conftest import labeled_group, tiny_training_param
 
 
 def _fail(system, frame):
@@ -31,15 +31,6 @@ def test_ratio_failed():
     with pytest.raises(ValueError, match=r"2 of 20 FP tasks failed \(10%\), more than ratio_failed = 0.05.*frame 1"):
         check_ratio_failed(18, [_fail("0/a", 1), _fail("0/a", 2)], 0.05)
     check_ratio_failed(0, [], 0.05)
-
-
-def _labeled_group(root, name, frames):
-    """A labeled group as RunFP writes it: a system folder with type.raw and frame_ids.json."""
-    d = root / name / "Ag1"
-    d.mkdir(parents=True)
-    (d / "type.raw").write_text("0\n")
-    (d / "frame_ids.json").write_text(json.dumps(frames))
-    return root / name
 
 
 def _prep_train(tmp_path, state, new_data, failures, ratio_failed=None):
@@ -65,7 +56,7 @@ def test_picks_a_failed_slice_left_without_output_go_back_to_the_pool(tmp_path, 
     come back with neither labels nor failures.json, and PrepTrain counts them as failed tasks."""
     monkeypatch.chdir(tmp_path)
     state = LoopState(systems={"0/a": 6}, pool={"0/a": [4, 5]}, picked={"0/a": [0, 1, 2, 3]})
-    group = _labeled_group(tmp_path / "fp", "group.0", [["0/a", 0], ["0/a", 1]])
+    group = labeled_group(tmp_path / "fp", "group.0", [["0/a", 0], ["0/a", 1]])
     after = _prep_train(tmp_path, state, [group], [_fail("0/a", 2)])
     assert after.picked == {"0/a": [0, 1]} and after.pool == {"0/a": [2, 3, 4, 5]}
     assert after.fp_retry == {"0/a": [2, 3]}

@@ -1,8 +1,6 @@
 """Selection: DP-GEN's classification (its own test cases, true error included) and the selection styles
 on constructed inputs."""
 
-import json
-
 import numpy as np
 import pytest
 
@@ -23,6 +21,7 @@ from dflow_simplify.ops.selection import (
     quantity_scores,
     scores,
 )
+from tests.conftest import labeled_group
 
 INF = float("inf")
 # dpgen tests/simplify/test_post_model_devi.py: one frame whose deviation (and true error) row is
@@ -259,20 +258,11 @@ def test_stop_iter_classifies_but_picks_nothing():
     assert picked == {} and probe == {} and counts["stopped_by"] == STOP_ITER and counts["n_candidate"] == 40
 
 
-def _group(root, name, frames):
-    """A labeled group as RunFP writes it: a system folder with type.raw and frame_ids.json."""
-    d = root / name / "Ag1"
-    d.mkdir(parents=True)
-    (d / "type.raw").write_text("0\n")
-    (d / "frame_ids.json").write_text(json.dumps(frames))
-    return root / name
-
-
 def test_prep_train_holds_the_probe_out_for_one_iteration(tmp_path):
     from dflow_simplify.ops.prep_train import gather_iter_data
 
-    picks = _group(tmp_path / "fp", "group.a", [["0/a", 1], ["0/a", 2]])
-    probe = _group(tmp_path / "fp", "group.b", [["0/a", 7]])
+    picks = labeled_group(tmp_path / "fp", "group.a", [["0/a", 1], ["0/a", 2]])
+    probe = labeled_group(tmp_path / "fp", "group.b", [["0/a", 7]])
     n = gather_iter_data(None, [picks, probe], tmp_path / "it1", 1, probe={("0/a", 7)}, probe_out=tmp_path / "probe1")
     assert n == 1 and (tmp_path / "it1" / "iter-000000" / "group.a").is_dir()
     assert (tmp_path / "probe1" / "iter-000000" / "group.b").is_dir()
@@ -280,6 +270,6 @@ def test_prep_train_holds_the_probe_out_for_one_iteration(tmp_path):
     # one iteration later the probe joins the training set
     gather_iter_data(tmp_path / "it1", [], tmp_path / "it2", 2, previous_probe=tmp_path / "probe1", probe_out=tmp_path / "probe2")
     assert (tmp_path / "it2" / "iter-000000" / "group.b").is_dir() and not any((tmp_path / "probe2").iterdir())
-    mixed = _group(tmp_path / "fp", "group.c", [["0/a", 3], ["0/a", 8]])
+    mixed = labeled_group(tmp_path / "fp", "group.c", [["0/a", 3], ["0/a", 8]])
     with pytest.raises(ValueError, match="mixes"):
         gather_iter_data(None, [mixed], tmp_path / "it3", 1, probe={("0/a", 8)}, probe_out=tmp_path / "probe3")
