@@ -104,15 +104,20 @@ def errors(models: list[Path], holdout: Path) -> dict:
     return out
 
 
-def trust_rules(models: list[Path], pick: Path) -> dict:
-    """The originals' medians on pick_data: max force deviation, energy deviation per atom, true max force error,
-    true energy error per atom."""
+def originals_on_pick(models: list[Path], pick: Path, **kw):
+    """The originals' Deviations on every frame of pick_data (compute_model_devi's keywords in `kw`)."""
     from dflow_simplify.ops.data import count_frames, find_systems
     from dflow_simplify.ops.model_devi import compute_model_devi, load_models
 
     roots = [str(pick)]
     ids = {f"0/{rel}": list(range(count_frames(roots, f"0/{rel}"))) for rel in find_systems(str(pick))}
-    devi = compute_model_devi(load_models(models), roots, ids, TYPE_MAP, true_error=True)
+    return compute_model_devi(load_models(models), roots, ids, TYPE_MAP, **kw)
+
+
+def trust_rules(models: list[Path], pick: Path) -> dict:
+    """The originals' medians on pick_data: max force deviation, energy deviation per atom, true max force error,
+    true energy error per atom."""
+    devi = originals_on_pick(models, pick, true_error=True)
     q = devi.quantities()
     return {k: round(float(np.median(q[k])), 5) for k in ("f", "e", "f_err", "e_err")}
 
@@ -122,15 +127,12 @@ def relative_rules(models: list[Path], pick: Path) -> dict:
     originals' median relative max force deviation on pick_data with it."""
     import dpdata
 
-    from dflow_simplify.ops.data import count_frames, find_systems
-    from dflow_simplify.ops.model_devi import compute_model_devi, load_models
+    from dflow_simplify.ops.data import find_systems
 
     norms = np.concatenate([np.linalg.norm(dpdata.LabeledSystem(str(pick / rel), fmt="deepmd/npy")["forces"],
                                            axis=-1).ravel() for rel in find_systems(str(pick))])
     eps = round(float(np.median(norms)), 3)
-    roots = [str(pick)]
-    ids = {f"0/{rel}": list(range(count_frames(roots, f"0/{rel}"))) for rel in find_systems(str(pick))}
-    devi = compute_model_devi(load_models(models), roots, ids, TYPE_MAP, relative_f=eps)
+    devi = originals_on_pick(models, pick, relative_f=eps)
     return {"rel_eps": eps, "f_rel": round(float(np.median(devi.quantities()["f"])), 5)}
 
 

@@ -99,26 +99,29 @@ def test_descriptor_features_are_compact_and_separate_compositions(example):
     assert between > 2 * within
 
 
-@pytest.mark.slow  # evaluates real models
-@pytest.mark.parametrize("style,with_features", [("max_devi", False), ("cluster_max", True), ("diverse", True)])
-def test_model_devi_op_hands_features_over_for_the_styles_that_need_them(example, tmp_path, monkeypatch, style,
-                                                                          with_features):
+def _run_model_devi_op(example, tmp_path, ids, **select):
+    """ModelDevi's OP on the pool `ids` (shard 0, one shard) with SelectParams(**select); its classified output."""
     from dflow.python import OPIO
 
     from dflow_simplify.ops.model_devi import ModelDevi
     from dflow_simplify.ops.selection import SelectParams
 
-    monkeypatch.chdir(tmp_path)
-    models, roots, ids = _setup(example)
-    state = LoopState(systems={k: 50 for k in ids}, pool=ids)
-    state.dump(tmp_path / "state.json")
-    params = SelectParams(trust=TrustLevels(f_lo=0.0, f_hi=10.0), init_pick_number=2, iter_pick_number=2,
-                          type_map=TYPE_MAP, select_style=style)
+    LoopState(systems={k: 50 for k in ids}, pool=ids).dump(tmp_path / "state.json")
+    params = SelectParams(init_pick_number=2, iter_pick_number=2, type_map=TYPE_MAP, **select)
     out = ModelDevi().execute(OPIO({
         "models": sorted((example / "models").glob("*/graph.pb")), "pick_data": [example / "data" / "pick"],
         "pick_data_paths": [], "state": tmp_path / "state.json", "probe_data": None, "type_map": TYPE_MAP,
         "batch_size": 0, "select_params": params.as_dict(), "shard_index": 0, "shard_size": 1000}))
-    back = read_classified(out["model_devi"])
+    return read_classified(out["model_devi"])
+
+
+@pytest.mark.slow  # evaluates real models
+@pytest.mark.parametrize("style,with_features", [("max_devi", False), ("cluster_max", True), ("diverse", True)])
+def test_model_devi_op_hands_features_over_for_the_styles_that_need_them(example, tmp_path, monkeypatch, style,
+                                                                          with_features):
+    monkeypatch.chdir(tmp_path)
+    _, _, ids = _setup(example)
+    back = _run_model_devi_op(example, tmp_path, ids, trust=TrustLevels(f_lo=0.0, f_hi=10.0), select_style=style)
     assert len(back.candidates) == 12  # every frame of the pool, f_lo 0
     if with_features:
         assert back.features.shape[0] == 12 and back.features.shape[1] <= FEATURE_TRANSFER_DIM
@@ -128,11 +131,6 @@ def test_model_devi_op_hands_features_over_for_the_styles_that_need_them(example
 
 @pytest.mark.slow  # evaluates real models
 def test_model_devi_op_classifies_by_the_relative_deviation_when_asked(example, tmp_path, monkeypatch):
-    from dflow.python import OPIO
-
-    from dflow_simplify.ops.model_devi import ModelDevi
-    from dflow_simplify.ops.selection import SelectParams
-
     monkeypatch.chdir(tmp_path)
     models, roots, ids = _setup(example)
     f = COLUMNS.index("max_devi_f")
@@ -140,14 +138,8 @@ def test_model_devi_op_classifies_by_the_relative_deviation_when_asked(example, 
     relative = compute_model_devi(models, roots, ids, TYPE_MAP, relative_f=0.5).values[:, f]
     assert np.all(relative < absolute / 0.5)  # each atom's deviation over |mean force| + 0.5
     lo = float(np.median(relative))
-    LoopState(systems={k: 50 for k in ids}, pool=ids).dump(tmp_path / "state.json")
-    params = SelectParams(trust=TrustLevels(f_lo=lo, f_hi=10.0), init_pick_number=2, iter_pick_number=2,
-                          type_map=TYPE_MAP, relative_f_epsilon=0.5)
-    out = ModelDevi().execute(OPIO({
-        "models": sorted((example / "models").glob("*/graph.pb")), "pick_data": [example / "data" / "pick"],
-        "pick_data_paths": [], "state": tmp_path / "state.json", "probe_data": None, "type_map": TYPE_MAP,
-        "batch_size": 0, "select_params": params.as_dict(), "shard_index": 0, "shard_size": 1000}))
-    n_candidates = len(read_classified(out["model_devi"]).candidates)
+    back = _run_model_devi_op(example, tmp_path, ids, trust=TrustLevels(f_lo=lo, f_hi=10.0), relative_f_epsilon=0.5)
+    n_candidates = len(back.candidates)
     assert n_candidates == int(np.sum(relative >= lo)) != int(np.sum(absolute >= lo))
 
 
