@@ -21,6 +21,7 @@ from typing import List, Optional
 from dflow.python import OP, OPIO, Artifact, FatalError, OPIOSign, TransientError
 
 from .data import find_systems, open_system
+from .exact_train import refit, run_exact, systems_with_ids
 from .params import OPParams, fatal_errors
 
 BACKENDS = {
@@ -29,6 +30,7 @@ BACKENDS = {
     "pytorch": ("--pt", ["checkpoint", "model.ckpt*.pt"], "model.ckpt.pt", "graph.pth"),
 }
 INIT_MODES = ("init_model", "init_frz_model", "finetune", "scratch")
+TRAIN_STYLES = ("sgd", "exact")
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "DP_INTRA_OP_PARALLELISM_THREADS": "1", "DP_INTER_OP_PARALLELISM_THREADS": "1"}
 
 
@@ -45,12 +47,20 @@ class TrainConfig(OPParams):
     skip_neighbor_stat: bool | None = None  # None: skip_neighbor_stat_by_default decides
     envs: dict = field(default_factory=dict)
     model_branch: str | None = None  # finetune from this branch of a multi-task model
+    train_style: str = "sgd"  # "exact": solve the output layer (ops/exact_train.py) instead of `dp train`
+    exact_refit: bool = False  # after `dp train`, re-solve the output layer exactly
+    bootstrap: bool = False  # exact fits on a Poisson bootstrap of the frames (models from one starting file)
+    seed: int = 0  # of the bootstrap
+    type_map: list = field(default_factory=list)  # the data's types, for the exact fit
+    renamed_types: bool = False  # element_substitution: the starting models name the types otherwise
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"train_backend: expected one of {list(BACKENDS)}, got {self.backend!r}")
         if self.init_mode not in INIT_MODES:
             raise ValueError(f"init_mode: expected one of {list(INIT_MODES)}, got {self.init_mode!r}")
+        if self.train_style not in TRAIN_STYLES:
+            raise ValueError(f"train_style: expected one of {list(TRAIN_STYLES)}, got {self.train_style!r}")
 
 
 def system_paths(root: str | os.PathLike) -> list[str]:
@@ -187,8 +197,19 @@ class RunTrain(OP):
         if init_model.is_dir() and cfg.init_mode in ("init_frz_model", "finetune"):
             files = sorted(p for p in init_model.iterdir() if p.is_file())
             init_model = files[0]
+        if cfg.train_style == "exact" or cfg.exact_refit:
+            batch = jinput["training"]["training_data"]["batch_size"]  # a list, unless "mixed" (then uniform)
+            batch = batch if isinstance(batch, list) else [1] * (len(init_systems) + len(iter_systems))
+            systems = systems_with_ids(iter_systems, [Path(p).resolve() for p in ip["init_data"] or []], init_systems,
+                                       batch)
+        if cfg.train_style == "exact":
+            bootstrap = (cfg.seed, int(ip["task_name"])) if cfg.bootstrap else None
+            return OPIO(run_exact(work.resolve(), init_model, cfg.init_mode, cfg.backend, systems, cfg.type_map,
+                                  jinput, bootstrap, cfg.renamed_types))
         skip = cfg.skip_neighbor_stat
         if skip is None:
             skip = skip_neighbor_stat_by_default(cfg.init_mode, jinput)
         out = run_dp_train(work, cfg.backend, cfg.init_mode, init_model, skip, cfg.envs, cfg.model_branch)
+        if cfg.exact_refit:
+            refit(work, out["model"].resolve(), systems, cfg.type_map, jinput)
         return OPIO(out)

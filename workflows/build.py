@@ -42,7 +42,10 @@ def train_config(cfg: SimplifyConfig, init_mode: str) -> TrainConfig:
     j = cfg.jdata
     return TrainConfig(backend=j["train_backend"], init_mode=init_mode, sys_batch_size=j["sys_batch_size"],
                        init_batch_size=j["init_batch_size"], skip_neighbor_stat=j["dp_train_skip_neighbor_stat"],
-                       envs=j["step_configs"].get("run_train", {}).get("envs", {}), model_branch=j["model_branch"])
+                       envs=j["step_configs"].get("run_train", {}).get("envs", {}), model_branch=j["model_branch"],
+                       train_style=cfg.train_style, exact_refit=j["exact_refit"] and cfg.train_style == "sgd",
+                       bootstrap=cfg.exact_bootstrap, seed=j["pick_seed"], type_map=j["type_map"],
+                       renamed_types=bool(j["element_substitution"]))
 
 
 def prep_train_params(cfg: SimplifyConfig) -> PrepTrainParams:
@@ -77,7 +80,8 @@ def select_parameters(cfg: SimplifyConfig) -> SelectParams:
 def loop_parameters(cfg: SimplifyConfig) -> dict:
     """The loop's input parameters: each OP's parameter object as a dict, and the values several steps share."""
     j = cfg.jdata
-    next_mode = "init_model" if j["training_init_model"] else "scratch"
+    # an exact fit always continues its state (the prior stays the original models' output layer)
+    next_mode = "init_model" if j["training_init_model"] or cfg.train_style == "exact" else "scratch"
     devi_conf = j["step_configs"].get("model_devi", {})
     shard_size = int(devi_conf.get("shard_size") or DEFAULT_SHARD_SIZE)
     return {

@@ -49,8 +49,10 @@ def parser() -> argparse.ArgumentParser:
 
 def summary(cfg: SimplifyConfig) -> str:
     j = cfg.jdata
+    training = "dp train" if cfg.train_style == "sgd" else "exact output layer" + (", bootstrap" * cfg.exact_bootstrap)
     return (f"config OK: {len(cfg.systems)} system(s), {cfg.n_frames} frames in pick_data; "
-            f"{j['numb_models']} models ({j['train_backend']}, start: {cfg.init_mode}); fp_style {cfg.fp_style}; "
+            f"{j['numb_models']} models ({j['train_backend']}, start: {cfg.init_mode}, {training}); "
+            f"fp_style {cfg.fp_style}; "
             f"pick {j['init_pick_number']} then <= {j['iter_pick_number']} per iteration; "
             f"f_trust [{j['model_devi_f_trust_lo']}, {j['model_devi_f_trust_hi']})"
             + ("" if j["relative_f_epsilon"] is None else f" relative (epsilon {j['relative_f_epsilon']} eV/A)"))
@@ -76,31 +78,52 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(cfg))
     for line in cfg.warnings:
         print(f"warning: {line}")
+    from .output import OutputError, check_output, run_inputs, workflow_name
+
+    output = Path(args.output) if args.output else Path.cwd() / workflow_name(config_path)
+    try:
+        if not args.render:  # where the run would write, checked as the run checks it
+            check_output(output, run_inputs(cfg))
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.check:
         return 0
     from .argo import ArgoSettingsError
     from .inputs import S3Unavailable
+    from .recovery import is_no_space, no_space_message
 
     try:
-        return _run(cfg, config_path, args)
+        return _run(cfg, config_path, output, args)
     except ArgoSettingsError as e:  # dflow_config / dflow_s3_config, found before anything is built or sent
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except S3Unavailable as e:
         print(f"error: uploading the inputs failed: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as e:
+        if not is_no_space(e):
+            raise
+        print(f"error: {no_space_message(output, [e.filename] if e.filename else [])}", file=sys.stderr)
+        return 1
 
 
 def _substitute(args) -> int:
     from dflow_simplify.ops.substitute import substitute_data
+
+    from .output import OutputError, check_output
 
     pairs = [p.split("=", 1) for p in args.substitute]
     if any(len(p) != 2 or not all(p) for p in pairs):
         print(f"error: --substitute: expected NEW=OLD (e.g. Cu=Ag), got {args.substitute}", file=sys.stderr)
         return EXIT_CONFIG
     try:
+        check_output(Path(args.out), {"the old frames": [args.source]}, flag="OUT")
         out = substitute_data(args.source, args.out, dict(pairs), args.scale, args.min_distance)
-    except ValueError as e:
+    except (ValueError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     d = out["shortest_distance"]
@@ -109,20 +132,12 @@ def _substitute(args) -> int:
     return 0
 
 
-def _run(cfg: SimplifyConfig, config_path: Path, args) -> int:
-    from .submit import render, workflow_name
+def _run(cfg: SimplifyConfig, config_path: Path, output: Path, args) -> int:
+    from .submit import render
 
     if args.render:
         return render(cfg, config_path, Path(args.render))
-    output = Path(args.output) if args.output else Path.cwd() / workflow_name(config_path)
-    from .output import OutputError, check_output
-
-    try:
-        check_output(output, cfg.pick_roots)
-        return _run_in(cfg, config_path, output, args.verbose)
-    except OutputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    return _run_in(cfg, config_path, output, args.verbose)
 
 
 def _run_in(cfg: SimplifyConfig, config_path: Path, output: Path, verbose: bool) -> int:

@@ -7,6 +7,7 @@ the key (or file) and what was expected. Relative paths are taken from the confi
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import numpy as np
 from dargs import Argument
 
 from dflow_simplify.ops.data import count_frames, expand_roots, find_systems, npy_shape, open_system
+from dflow_simplify.ops.exact_train import exact_problem, only_output_layer_trainable
 from dflow_simplify.ops.fp.bad_box import parse_criteria
 from dflow_simplify.ops.fp.base import ENGINES, get_engine
 from dflow_simplify.ops.selection import STYLES
@@ -62,6 +64,8 @@ class SimplifyConfig:
     init_data: list[str] = field(default_factory=list)
     iter0_models: list[str] = field(default_factory=list)
     init_mode: str = "scratch"
+    train_style: str = "sgd"  # train_style resolved ("auto" decided): "exact" or "sgd"
+    exact_bootstrap: bool = False  # exact fits on bootstrap resamples: the models start from the same file
     fp_files: dict[str, str] = field(default_factory=dict)  # staged name -> the user's file (POTCARs, templates)
     warnings: list[str] = field(default_factory=list)  # one line per DP-GEN key accepted but not used
 
@@ -171,6 +175,8 @@ def _check_numbers(j: dict) -> None:
     if set_true and not j["labeled"]:
         raise ConfigError(f"{set_true[0]}: the true error is measured against pick_data's own labels, which needs "
                           "labeled: true (DP-GEN's rule); remove it or set labeled: true")
+    if j["train_style"] not in ("auto", "exact", "sgd"):
+        raise ConfigError(f"train_style: expected one of ['auto', 'exact', 'sgd'], got {j['train_style']!r}")
     if j["select_style"] not in STYLES:
         raise ConfigError(f"select_style: expected one of {list(STYLES)}, got {j['select_style']!r}")
     if j["relative_f_epsilon"] is not None and not j["relative_f_epsilon"] > 0:
@@ -524,6 +530,39 @@ def _resolve_models(cfg: SimplifyConfig) -> None:
         _set(cfg, iter0_models=[os.path.abspath(d) for d in dirs], init_mode="init_model")
 
 
+def _resolve_train_style(cfg: SimplifyConfig) -> None:
+    """train_style "auto": the exact output-layer fit when only the output layer is trainable and the set-up
+    allows it, `dp train` otherwise; "exact" where it cannot run is refused, naming why."""
+    j = cfg.jdata
+    style, template = j["train_style"], j["default_training_param"]
+    problem = exact_problem(template, cfg.init_mode, j["model_branch"])
+    if style == "exact" and problem:
+        raise ConfigError(f"train_style \"exact\": {problem}")
+    if style == "auto" and problem and only_output_layer_trainable(template):
+        _set(cfg, warnings=[*cfg.warnings, f"train_style \"auto\": only the output layer is trainable, but {problem}; "
+                            "training with dp train"])
+    resolved = "exact" if style == "exact" or (style == "auto" and problem is None) else "sgd"
+    if resolved == "exact" and j["exact_refit"]:
+        _set(cfg, warnings=[*cfg.warnings, "exact_refit: the models are already fitted exactly (train_style "
+                            "resolves to \"exact\"); exact_refit changes nothing"])
+    bootstrap = resolved == "exact" and j["numb_models"] > 1 and starts_shared(cfg.iter0_models, j["numb_models"])
+    _set(cfg, train_style=resolved, exact_bootstrap=bootstrap)
+
+
+def starts_shared(models: list[str], n: int) -> bool:
+    """Two or more models start from the same file (by content): exact fits of them would be identical."""
+    if len(models) < n or any(is_s3_uri(m) for m in models):
+        return False
+    digests = set()
+    for m in models:
+        files = [Path(m)] if os.path.isfile(m) else sorted(p for p in Path(m).glob("model.ckpt*") if p.is_file())
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.read_bytes())
+        digests.add(h.hexdigest())
+    return len(digests) < n
+
+
 def _check_branch(path: str, branch: str | None) -> None:
     """A multi-task checkpoint needs model_branch, one of its branches; a single-task one none."""
     try:
@@ -667,5 +706,6 @@ def _validate(raw: dict, base_dir: str | os.PathLike) -> SimplifyConfig:
     _check_pick_volume(cfg)
     _resolve_init_data(cfg)
     _resolve_models(cfg)
+    _resolve_train_style(cfg)
     _set(cfg, warnings=ignored_keys(raw) + cfg.warnings)
     return cfg

@@ -138,6 +138,14 @@ def _training_args() -> list[Argument]:
         a("default_training_param", dict,
           doc="deepmd-kit's input.json; training_data is set per iteration, seeds per model; `trainable` lists "
               "freeze layers"),
+        a("train_style", str, optional=True, default="auto",
+          doc="how each iteration trains: exact (solve the fitting net's output layer exactly: deepmd-kit's loss at "
+              "its limit prefactors plus a Gaussian prior centred on the starting model, its strength chosen by "
+              "evidence maximisation; needs every other layer frozen, see README 'Exact output layer'), sgd (dp "
+              "train), or auto (exact when only the output layer is trainable and the model allows it, else sgd)"),
+        a("exact_refit", bool, optional=True, default=False,
+          doc="with sgd: after dp train, re-solve the output layer exactly, the other layers fixed at their trained "
+              "values (the loss is never above SGD's); the SGD model is kept as graph.sgd.pb / graph.sgd.pth"),
         a("dp_train_skip_neighbor_stat", [bool, type(None)], optional=True, default=None,
           doc="pass --skip-neighbor-stat to dp train; unset: when the training starts from a model and every "
               "descriptor's sel is given as numbers (sel \"auto\" needs the statistics)"),
