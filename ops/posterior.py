@@ -106,9 +106,10 @@ def solve(normal: NormalEquations, prior_mean: np.ndarray, groups: list[np.ndarr
         diag_cov = np.einsum("ij,ij->j", inv_lower, inv_lower)  # diagonal of the posterior covariance
         gamma = np.array([np.sum(1 - alpha[g] * diag_cov[idx]) for g, idx in enumerate(groups)])
         norms = np.array([delta[idx] @ delta[idx] for idx in groups])
-        new_alpha = np.clip(gamma / np.maximum(norms, 1e-300), 1e-12 * scale * beta, 1e12 * scale * beta)
-        ssr = max(yy - 2 * delta @ shifted + delta @ gram @ delta, 1e-30 * yy + 1e-300)
+        # the noise cannot be told from the fit when the data are interpolated (N <= gamma): floor its variance
+        ssr = max(yy - 2 * delta @ shifted + delta @ gram @ delta, 1e-10 * yy, 1e-300)
         new_beta = max(n_obs - gamma.sum(), 1e-3) / ssr
+        new_alpha = np.clip(gamma / np.maximum(norms, 1e-300), 1e-9 * scale * new_beta, 1e12 * scale * new_beta)
         done = np.all(np.abs(np.log(new_alpha / alpha)) < tol) and abs(np.log(new_beta / beta)) < tol
         alpha, beta = new_alpha, new_beta
         if done:
