@@ -19,11 +19,18 @@ def test_train_inputs_differ_in_seeds_and_follow_dpgen_options():
     assert a["training"]["seed"] != b["training"]["seed"]
     assert a["model"]["descriptor"]["seed"] != b["model"]["descriptor"]["seed"]
     assert b["model"]["fitting_net"]["activation_function"] == "gelu"
-    assert a["model"]["fitting_net"]["trainable"] == [False, False, True, True]
+    assert a["model"]["fitting_net"]["trainable"] == template["model"]["fitting_net"]["trainable"]
     reuse = PrepTrainParams(type_map=[], reuse_iter=2, reuse={"numb_steps": 50, "start_lr": 1e-4, "start_pref_f": 10})
     assert make_train_input(template, 0, 1, reuse)["training"]["numb_steps"] == 400
     later = make_train_input(template, 0, 2, reuse)
     assert later["training"]["numb_steps"] == 50 and later["loss"]["start_pref_f"] == 10
+
+
+def sgd_last_two_layers(template: dict) -> dict:
+    """The example's training input with the last hidden layer trainable too: a set-up `dp train` trains (SGD)."""
+    template = json.loads(json.dumps(template))
+    template["model"]["fitting_net"]["trainable"] = [False, False, True, True]
+    return template
 
 
 def test_batch_sizes_follow_deepmd_auto_rule():
@@ -52,7 +59,7 @@ def test_init_model_training_honours_trainable_lists(example, tmp_path):
     data = tmp_path / "iter_data"
     n = gather_iter_data(None, [example / "data" / "holdout"], data, 1)
     assert n == 2
-    template = json.loads((example / "config.json").read_text())["default_training_param"]
+    template = sgd_last_two_layers(json.loads((example / "config.json").read_text())["default_training_param"])
     jinput = make_train_input(template, 0, 1, PrepTrainParams(type_map=["Ag", "Au"]))
     jinput["training"].update(numb_steps=60, disp_freq=20, save_freq=60)
     set_training_data(jinput, system_paths(data), [], "auto", "auto")
@@ -89,7 +96,7 @@ def test_pytorch_backend_enforces_per_layer_trainable(example, tmp_path):
     """deepmd-kit's PT backend collapses the list to all-or-nothing; RunTrain's entry point enforces it."""
     data = tmp_path / "iter_data"
     gather_iter_data(None, [example / "data" / "holdout"], data, 1)
-    template = json.loads((example / "config.json").read_text())["default_training_param"]
+    template = sgd_last_two_layers(json.loads((example / "config.json").read_text())["default_training_param"])
     jinput = make_train_input(template, 0, 1, PrepTrainParams(type_map=["Ag", "Au"]))
     jinput["training"].update(numb_steps=30, disp_freq=10, save_freq=30)
     set_training_data(jinput, system_paths(data), [], "auto", "auto")
