@@ -4,6 +4,7 @@ independent optimum, the refit after `dp train`, and the guard against a model t
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import dpdata
@@ -39,12 +40,14 @@ def iter_data(new_level: Path, out: Path, per_system: int) -> Path:
     return out
 
 
-def run_train(example, workdir: Path, data: Path, init_model: Path, template: dict, task: str = "0000", **config) -> dict:
+def run_train(example, workdir: Path, data: Path, init_model: Path, template: dict, task: str = "0000",
+              backend_override: str = "tensorflow", **config) -> dict:
     task_path = workdir / "task"
     task_path.mkdir(parents=True, exist_ok=True)
     jinput = make_train_input(template, int(task), 1, PrepTrainParams(type_map=TYPE_MAP))
     (task_path / "input.json").write_text(json.dumps(jinput))
-    cfg = TrainConfig(backend="tensorflow", init_mode="init_model", type_map=TYPE_MAP, **config)
+    mode = "init_model" if init_model.is_dir() else "init_frz_model"
+    cfg = TrainConfig(backend=backend_override, init_mode=mode, type_map=TYPE_MAP, **config)
     cwd = Path.cwd()
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -145,3 +148,42 @@ def test_a_model_that_does_not_predict_what_the_fit_does_is_refused(example, tmp
     wrong = right[:3] + (right[3] + 1e-3, right[4])
     with pytest.raises(ValueError, match="not linear in the output layer"):
         write_checked(state, theta, tmp_path / "bad.pb", [wrong])
+
+
+def test_pytorch_models_are_fitted_and_written_as_pth(example, new_level, tmp_path):
+    import subprocess
+    import sys
+
+    from deepmd.infer import DeepPot
+
+    start = tmp_path / "start.pth"
+    subprocess.run([sys.executable, "-m", "deepmd", "convert-backend", str(example / "models" / "000" / "graph.pb"),
+                    str(start)], check=True, capture_output=True)
+    template = json.loads((example / "config.json").read_text())["default_training_param"]
+    data = iter_data(new_level, tmp_path / "data", 5)
+    task = tmp_path / "it1"
+    out = run_train(example, task, data, start, template, train_style="exact", backend_override="pytorch")
+    assert out["model"].name == "graph.pth" and DeepPot(str(out["model"])).get_type_map() == TYPE_MAP
+    record = json.loads(out["lcurve"].read_text())
+    assert record["frames"] == 10 and record["loss_ratio"] < 1.02
+
+
+def test_models_from_one_file_stay_an_ensemble_that_deviates_where_data_are_missing(example, new_level, tmp_path):
+    """Two models from the same starting file, fitted on bootstrap resamples of one composition's frames:
+    they differ, and they disagree more on the other composition, which no frame taught them."""
+    from deepmd.infer import DeepPot
+
+    template = json.loads((example / "config.json").read_text())["default_training_param"]
+    data = iter_data(new_level, tmp_path / "data", 8)
+    shutil.rmtree(next(p for p in (data / "iter-000000" / "group").iterdir() if p.name != "Ag24Au8"))
+    models = [DeepPot(str(run_train(example, tmp_path / f"m{i}", data, example / "models" / "000", template,
+                                    task="%04d" % i, train_style="exact", bootstrap=True, seed=3)["model"]))
+              for i in range(2)]
+    devi = {}
+    for system in sorted(p for p in new_level.iterdir() if p.is_dir()):
+        s = dpdata.LabeledSystem(str(system), fmt="deepmd/npy", type_map=TYPE_MAP)[8:]
+        n = len(s)
+        forces = [m.eval(s["coords"].reshape(n, -1), s["cells"].reshape(n, 9), s["atom_types"])[1] for m in models]
+        devi[system.name] = float(np.mean(np.linalg.norm(forces[0] - forces[1], axis=-1)))
+    assert devi["Ag24Au8"] > 0
+    assert devi["Ag16Au16"] > devi["Ag24Au8"], devi
