@@ -69,7 +69,7 @@ def exact_on_frames(dataset: Path, originals: list[Path], cfg: dict, out: Path) 
 def fit_seconds(run: Path) -> list[dict]:
     """The records of every exact RunTrain of a run (one per model and iteration)."""
     return [json.loads(f.read_text()) for f in sorted(run.glob("work/*/iter-*--run-train-*/**/exact/fit.json"))
-            if "outputs" in f.parts]
+            if "lcurve" in f.parts and "outputs" in f.parts]
 
 
 def main() -> None:
