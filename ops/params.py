@@ -1,7 +1,8 @@
 """The base of each OP's parameter object (a frozen dataclass that crosses the workflow as a plain dict, an
 Argo parameter, and is checked back into the dataclass at the start of the OP's `execute`), and the rule
 for errors: plain functions raise ValueError for what no retry can fix; `fatal_errors` makes that dflow's
-FatalError in an OP (exit code 2, never retried)."""
+FatalError in an OP (exit code 2, never retried), and it prints the OP's wall and CPU time into its log
+(op_time)."""
 
 from __future__ import annotations
 
@@ -29,15 +30,18 @@ class OPParams:
 
 def fatal_errors(execute):
     """Decorate an OP's `execute`: a ValueError (bad input or parameters, a deterministic stop) leaves the
-    OP as dflow's FatalError with the same message."""
+    OP as dflow's FatalError with the same message; its time is printed as it ends (op_time.op_timer)."""
 
     @functools.wraps(execute)
     def wrapper(self, ip):
         from dflow.python import FatalError
 
-        try:
-            return execute(self, ip)
-        except ValueError as e:
-            raise FatalError(str(e)) from e
+        from .op_time import op_timer
+
+        with op_timer():
+            try:
+                return execute(self, ip)
+            except ValueError as e:
+                raise FatalError(str(e)) from e
 
     return wrapper
