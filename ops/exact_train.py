@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from .exact_fit import (
@@ -98,8 +96,6 @@ def systems_with_ids(iter_systems: list[str], init_roots: list[Path], init_syste
 
 
 def _nframes(path: str) -> int:
-    from .exact_fit import read_labeled
-
     return len(read_labeled(path, None))
 
 
@@ -114,14 +110,13 @@ def start_model(init_model: Path, init_mode: str, backend: str, work: Path) -> t
     if init_model.is_dir() and init_mode == "init_model":
         if backend == "pytorch":
             return load_model_dict(_latest_pt_checkpoint(init_model)), None
-        frozen = work / "start.pb"  # a TensorFlow checkpoint folder: freeze it once
-        with open(work / "train.log", "a") as log:
-            cmd = [sys.executable, "-m", "deepmd", "--tf", "freeze", "-c", str(init_model), "-o", str(frozen)]
-            log.write("$ " + " ".join(cmd) + "\n")
-            log.flush()
-            ret = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        if ret.returncode != 0:
-            raise ValueError(f"`dp freeze -c {init_model}` failed (exit {ret.returncode}); see {work / 'train.log'}")
+        frozen = work / "start.pb"  # a TensorFlow checkpoint folder: freeze it once, in this process (which
+        from deepmd.tf.entrypoints.freeze import freeze  # imports TensorFlow anyway, to write the fitted model)
+
+        try:
+            freeze(checkpoint_folder=str(init_model), output=str(frozen))
+        except Exception as e:
+            raise ValueError(f"freezing the checkpoint in {init_model} failed: {e}") from e
         return load_model_dict(frozen), None
     return load_model_dict(init_model), None
 
