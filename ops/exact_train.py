@@ -24,12 +24,11 @@ from .exact_fit import (
     fit,
     fit_record,
     probe_frames,
+    read_labeled,
     system_frame_weight,
     write_checked,
 )
 from .output_layer import SUPPORTED_DESCRIPTORS, FeatureModel, OutputLayer, check_linear_model, load_model_dict
-
-LAYER_KEYS = ("descriptor", "fitting_net")
 
 
 def only_output_layer_trainable(jinput: dict) -> bool:
