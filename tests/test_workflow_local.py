@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import dpdata
-import matplotlib.image as matplotlib_image
 import numpy as np
 import pytest
 from ase.calculators.emt import EMT
 
 from tests.conftest import ROOT, SHORT, dataset_frame_ids, example_config, run_cli
+from tests.test_report_page import check_page
 
 pytestmark = pytest.mark.slow
 TYPE_MAP = ["Ag", "Au"]
@@ -107,18 +107,27 @@ def test_the_run_shows_progress_and_reports_with_figures(example, example_run):
     # a quiet terminal: a row per iteration, nothing relayed from TensorFlow or deepmd-kit (in the steps' logs);
     # the summary line names the backend ("4 models (tensorflow, ..."), TensorFlow's own log lines name files
     assert len(log.splitlines()) <= 30, log
-    relayed = r"tensorflow/|WARNING:tensorflow|TensorFlow binary|To get the best performance|DP_INFER_BATCH_SIZE|DEEPMD"
+    relayed = (r"tensorflow/|WARNING:tensorflow|TensorFlow binary|To get the best performance|DP_INFER_BATCH_SIZE|DEEPMD|"
+               r"absl::InitializeLog|oneDNN")
     assert not re.search(relayed, log, re.I), log
     assert re.search(r"^\[iteration 1\] pool 190 ", log, re.M)
-    # deepmd-kit's output is kept, in the training step's log artifact
+    assert re.search(r"^report: .*report\.html$", log, re.M)
+    # deepmd-kit's output is kept, in the training step's log artifact, and the models' evaluation for the report
     train_logs = list((example_run / "work").glob("*/iter-000001--run-train-group/log/0000/train.log"))
     assert train_logs and "DEEPMD" in train_logs[0].read_text()
+    assert "DEEPMD" in (example_run / "logs" / "evaluate-models.log").read_text()
     report = json.loads((example_run / "report.json").read_text())
-    page = (example_run / "report.html").read_text()
-    for name in ("deviation.png", "counts.png", "lcurves.png", "final_error.png"):
-        image = matplotlib_image.imread(example_run / name)
-        assert image.shape[0] > 300 and image.shape[1] > 600 and image[..., :3].std() > 0.05  # drawn, not blank
-        assert f"src='{name}'" in page
+    errors = report["model_errors"]
+    assert errors["skipped"] == {} and errors["originals_on_relabeled"]["n_frames"] == report["n_relabeled"]
+    assert errors["final_on_relabeled"]["rmse_e_per_atom"] < 0.5 * errors["originals_on_relabeled"]["rmse_e_per_atom"]
+    assert [p["iteration"] for p in errors["learning_curve"]] == [r["iteration"] for r in report["iterations"]
+                                                                  if r["n_relabeled"]]
+    stages = {s["stage"]: s for s in json.loads((example_run / "timing.json").read_text())["stages"]}
+    assert set(stages) == {"prep-train", "run-train", "model-devi", "select-confs", "run-fp"}
+    assert all(s["wall_s"] is not None and s["cpu_s"] is not None for s in stages.values())  # local: both measured
+    assert stages["run-train"]["wall_s"] > 1 and stages["run-train"]["cpu_s"] > 1
+    assert stages["run-train"]["steps"] == 4 * (len(report["iterations"]) - 1)
+    check_page(example_run / "report.html")
     # the final models' error on the relabeled frames, as report.json states it, recomputed independently
     final = sorted((example_run / "models").glob("graph.*.pb"))
     per_system = [_rmse(final, dpdata.System(str(d), fmt="deepmd/npy", type_map=TYPE_MAP))

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import dpdata
@@ -17,8 +18,12 @@ from dflow_simplify.ops.data import find_systems
 from dflow_simplify.ops.loop_state import CONVERGED, NOTHING_SELECTED, STOP_ITER
 from dflow_simplify.ops.select_confs import iter_index_of
 
+from .model_errors import evaluate_in_subprocess, learning_curve, model_set, per_system, set_rmse
+from .step_times import per_iteration, per_stage, step_times
+
 ITER_COLUMNS = ("iteration", "n_pool", "n_candidate", "n_accurate", "n_failed", "n_selected", "n_probe", "n_relabeled",
                 "n_fp_failed", "n_bad_box")
+MODEL_SUFFIXES = (".pb", ".pth", ".pt")  # model files the report evaluates (the fake OPs of the tests write others)
 
 
 def _download_json(artifact) -> object:
@@ -78,51 +83,81 @@ def _download_files(artifact, tmp: Path, name: str, pattern: str) -> list[Path]:
     return sorted(f for f in (tmp / name).rglob(pattern) if ".dflow" not in f.parts)
 
 
-def training_curves(steps, tmp: Path) -> dict:
-    """Per iteration, every model's lcurve."""
-    from .figures import read_lcurve
+def picks_per_iteration(steps) -> dict[int, list[list]]:
+    """Iteration -> the frames its select-confs picked ([system key, frame]; the probe is not among them)."""
+    picks = {}
+    for key, step in sorted(_by_key(steps).items()):
+        if key.endswith("--select-confs") and step.phase == "Succeeded" and "picked" in step.outputs.artifacts:
+            ids = _download_json(step.outputs.artifacts["picked"])
+            picks[iter_index_of(key)] = [[k, i] for k, frames in ids.items() for i in frames]
+    return picks
 
-    lcurves = {}
+
+def iteration_models(steps, tmp: Path) -> dict[int, list[Path]]:
+    """Iteration -> its trained models (frozen files, one per distinct file: in debug mode a slice's artifact
+    may show its siblings' files too)."""
+    found: dict[int, dict[str, Path]] = {}
     for key, step in sorted(_by_key(steps).items()):
         if step.phase == "Succeeded" and re.search(r"--run-train-\d+$", key):
-            # a slice's artifact may show its siblings' files too (debug mode): one curve per distinct file
-            for f in _download_files(step.outputs.artifacts["lcurve"], tmp, key, "lcurve.out"):
-                lcurves.setdefault(iter_index_of(key), {})[hashlib.sha256(f.read_bytes()).hexdigest()] = read_lcurve(f)
-    return {it: list(curves.values()) for it, curves in lcurves.items()}
+            for f in _download_files(step.outputs.artifacts["model"], tmp, key, "graph.*"):
+                if f.suffix in MODEL_SUFFIXES:
+                    found.setdefault(iter_index_of(key), {})[hashlib.sha256(f.read_bytes()).hexdigest()] = f
+    return {it: sorted(files.values()) for it, files in found.items()}
 
 
-def write_figures(steps, cfg, output: Path, report: dict, rows: list[dict]) -> list[str]:
-    """The PNGs and report.html next to report.json; adds the final models' RMSE on the relabeled frames."""
-    from . import figures
+def evaluation_request(cfg, dataset: Path, final_models: list[Path], by_iteration: dict[int, list[Path]],
+                       picks: dict[int, list], last: int) -> dict:
+    """What model_errors evaluates: the originals and the final models on every relabeled frame (with parity
+    data), each earlier iteration's models on the frames they picked."""
+    from .config import is_s3_uri
+
+    j = cfg.jdata
+    sets = []
+    originals = [m for m in cfg.iter0_models if not is_s3_uri(m)]
+    if originals:
+        sets.append({"name": "originals", "models": originals, "substitution": j.get("element_substitution") or {},
+                     "head": j.get("model_branch"), "frames": None, "parity": True})
+    for it, models in sorted(by_iteration.items()):
+        if it != last and picks.get(it):
+            sets.append({"name": model_set(it, last), "models": [str(m) for m in models], "frames": picks[it],
+                         "parity": False})
+    if final_models:
+        sets.append({"name": "final", "models": [str(m) for m in final_models], "frames": None, "parity": True})
+    return {"type_map": j["type_map"], "dataset": str(dataset), "sets": sets}
+
+
+def model_error_summary(result: dict, rows: list[dict], picks: dict[int, list], last: int, systems) -> dict:
+    """report.json's `model_errors`: the originals' and final models' RMSE on every relabeled frame, the learning
+    curve, per system, what could not be evaluated."""
+    if "error" in result:
+        return {"skipped": {"all models": result["error"]}}
+    before, relabeled_before = 0, {}
+    for r in rows:
+        relabeled_before[r["iteration"]] = before
+        before += r.get("n_relabeled") or 0
+    return {"originals_on_relabeled": _rounded(set_rmse(result, "originals")),
+            "final_on_relabeled": _rounded(set_rmse(result, "final")),
+            "learning_curve": [{**p, "models": _rounded(p["models"]), "originals": _rounded(p["originals"])}
+                               for p in learning_curve(result, picks, relabeled_before, last)],
+            "per_system": {k: {n: _rounded(v) for n, v in e.items()} for k, e in per_system(result, systems).items()},
+            "skipped": result.get("skipped") or {}}
+
+
+def _rounded(err: dict | None) -> dict | None:
+    return None if err is None else {k: v if k == "n_frames" or v is None else round(v, 6) for k, v in err.items()}
+
+
+def settings_of(cfg) -> dict:
+    """The config's values the page names (trust levels, picks, stopping rules), and pick_data's systems."""
     from .build import select_parameters
 
-    written = []
-    with tempfile.TemporaryDirectory() as tmp:
-        lcurves = training_curves(steps, Path(tmp))
-    # the pool's deviations per iteration, as ModelDevi's slices histogrammed them (SelectConfs' report)
-    devi = {r["iteration"]: r["histograms"] for r in rows if r.get("histograms")}
-    if devi:
-        params = select_parameters(cfg)
-        figures.plot_deviation(devi, params.trust, output / "deviation.png", params.relative_f_epsilon)
-        written.append("deviation.png")
-    if report["iterations"]:
-        figures.plot_counts(report["iterations"], output / "counts.png")
-        written.append("counts.png")
-    if lcurves:
-        figures.plot_lcurves(lcurves, output / "lcurves.png")
-        written.append("lcurves.png")
-    if report.get("measured_error"):
-        figures.plot_learning_curve(report["measured_error"], output / "learning_curve.png")
-        written.append("learning_curve.png")
-    models = sorted(p for p in Path(output, "models").glob("graph.*") if p.suffix in (".pb", ".pth"))
-    err = figures.final_errors(models, output / "dataset", cfg.jdata["type_map"]) if models else {}
-    if err:
-        figures.plot_final_error(err, output / "final_error.png")
-        written.append("final_error.png")
-        report["final_rmse_on_relabeled"] = {"energy_per_atom": round(err["rmse_e_per_atom"], 6),
-                                             "force": round(err["rmse_f"], 6), "n_frames": err["n_frames"]}
-    figures.write_html(output, report, written)
-    return written
+    p, j = select_parameters(cfg), cfg.jdata
+    trust = {k: v for k, v in vars(p.trust).items() if v is not None and v < 1e9}
+    return {"fp_style": cfg.fp_style, "numb_models": j["numb_models"], "train_backend": j["train_backend"],
+            "init_mode": cfg.init_mode, "init_pick_number": p.init_pick_number, "iter_pick_number": p.iter_pick_number,
+            "select_style": p.select_style, "trust": trust, "relative_f_epsilon": p.relative_f_epsilon,
+            "probe_number": p.probe_number, "conv_e_rmse": p.conv_e_rmse, "conv_f_rmse": p.conv_f_rmse,
+            "stop_iter": p.stop_iter, "type_map": j["type_map"], "systems": dict(cfg.systems)}
 
 
 def consolidate_dataset(src: str | os.PathLike, dst: str | os.PathLike, type_map: list[str]) -> int:
@@ -186,17 +221,25 @@ def format_table(rows: list[dict]) -> str:
 
 
 def collect_outputs(wf, cfg, output: Path, wall_time: float | None = None) -> dict:
-    """Download the final models and dataset of a succeeded workflow and write report.json."""
-    from .build import LOOP_KEY
+    """Download the final models and dataset of a succeeded workflow, measure the models on the relabeled
+    frames (in a process of their own), write report.json, model_errors.json, timing.json and report.html."""
+    from dflow import config as dflow_config
 
-    steps = wf.query_step()
-    rows = iteration_rows(steps)
-    loop = _by_key(steps).get(LOOP_KEY)
-    models_dir, dataset_dir = Path(output, "models"), Path(output, "dataset")
-    if models_dir.exists():
-        shutil.rmtree(models_dir)
-    n_dataset = 0
-    with tempfile.TemporaryDirectory() as tmp:
+    from .build import LOOP_KEY
+    from .live_line import live_steps
+    from .report_page import ERRORS, TIMING, write_page
+
+    t0, output = time.time(), Path(output)
+    with live_steps("report") as step, tempfile.TemporaryDirectory() as tmp:
+        step("reading the workflow's steps")
+        steps = wf.query_step()
+        rows = iteration_rows(steps)
+        loop = _by_key(steps).get(LOOP_KEY)
+        step("downloading the final models and the relabeled frames")
+        models_dir, dataset_dir = output / "models", output / "dataset"
+        if models_dir.exists():
+            shutil.rmtree(models_dir)
+        n_dataset = 0
         if loop is not None and loop.phase == "Succeeded":
             model_paths = download_artifact(loop.outputs.artifacts["models"], path=Path(tmp, "models"))
             models_dir.mkdir(parents=True)
@@ -206,27 +249,72 @@ def collect_outputs(wf, cfg, output: Path, wall_time: float | None = None) -> di
             if "probe_data" in loop.outputs.artifacts:  # relabeled, held out of the last training
                 download_artifact(loop.outputs.artifacts["probe_data"], path=Path(tmp, "dataset", "probe"))
             n_dataset = consolidate_dataset(Path(tmp, "dataset"), dataset_dir, cfg.jdata["type_map"])
-    last = rows[-1] if rows else {}
-    report = {
-        "workflow_id": wf.id,
-        "converged": bool(rows) and last.get("stopped_by") in (CONVERGED, NOTHING_SELECTED),
-        "stopped_by": last.get("stopped_by") or (NOTHING_SELECTED if last.get("n_selected") == 0 else STOP_ITER),
-        "n_frames": cfg.n_frames,
-        "n_relabeled": sum(r["n_relabeled"] for r in rows),
-        "n_in_dataset": n_dataset,
-        "n_fp_failed": sum(r["n_fp_failed"] for r in rows),
-        "n_bad_box": sum(r["n_bad_box"] for r in rows),
-        "n_failed_left": last.get("n_failed", 0) if rows else 0,
-        "wall_time_s": None if wall_time is None else round(wall_time, 1),
-        "iterations": [{c: r.get(c) for c in ITER_COLUMNS} for r in rows],
-        "measured_error": measured_errors(rows),
-        "relabeled_per_system": relabeled_per_system(dataset_dir, cfg.systems) if dataset_dir.exists() else {},
-    }
-    figs = write_figures(steps, cfg, Path(output), report, rows)
-    Path(output, "report.json").write_text(json.dumps(report, indent=2))
+        last = rows[-1] if rows else {}
+        report = {
+            "workflow_id": wf.id,
+            "converged": bool(rows) and last.get("stopped_by") in (CONVERGED, NOTHING_SELECTED),
+            "stopped_by": last.get("stopped_by") or (NOTHING_SELECTED if last.get("n_selected") == 0 else STOP_ITER),
+            "n_frames": cfg.n_frames,
+            "n_relabeled": sum(r["n_relabeled"] for r in rows),
+            "n_in_dataset": n_dataset,
+            "n_fp_failed": sum(r["n_fp_failed"] for r in rows),
+            "n_bad_box": sum(r["n_bad_box"] for r in rows),
+            "n_failed_left": last.get("n_failed", 0) if rows else 0,
+            "wall_time_s": None if wall_time is None else round(wall_time, 1),
+            "iterations": [{c: r.get(c) for c in ITER_COLUMNS} for r in rows],
+            "measured_error": measured_errors(rows),
+            "relabeled_per_system": relabeled_per_system(dataset_dir, cfg.systems) if dataset_dir.exists() else {},
+            "settings": settings_of(cfg),
+            "deviation_histograms": {str(r["iteration"]): r["histograms"] for r in rows if r.get("histograms")},
+            "model_errors": {},
+        }
+        final_models = sorted(p for p in models_dir.glob("graph.*") if p.suffix in MODEL_SUFFIXES)
+        (output / ERRORS).unlink(missing_ok=True)
+        if final_models and n_dataset:
+            step("evaluating the original, each iteration's and the final models on the relabeled frames")
+            picks, by_iteration = picks_per_iteration(steps), iteration_models(steps, Path(tmp, "iterations"))
+            last_trained = max(by_iteration, default=last.get("iteration", 0))
+            request = evaluation_request(cfg, dataset_dir, final_models, by_iteration, picks, last_trained)
+            result = evaluate_in_subprocess(request, output / "logs" / "evaluate-models.log")
+            report["model_errors"] = model_error_summary(result, rows, picks, last_trained, cfg.systems)
+            final = report["model_errors"].get("final_on_relabeled")
+            if final:
+                report["final_rmse_on_relabeled"] = {"energy_per_atom": final["rmse_e_per_atom"], "force": final["rmse_f"],
+                                                     "n_frames": final["n_frames"]}
+            if "error" not in result:
+                (output / ERRORS).write_text(json.dumps(result))
+        step("writing report.html")
+        times = step_times(steps, dflow_config["debug_workdir"] if dflow_config["mode"] == "debug" else None)
+        timing = {"stages": per_stage(times), "iterations": {str(k): v for k, v in per_iteration(times).items()},
+                  "report_s": round(time.time() - t0, 1)}
+        # apart from wall_time_s, report.json is the same for the same run: the times go to a file of their own
+        Path(output, TIMING).write_text(json.dumps(timing, indent=2))
+        Path(output, "report.json").write_text(json.dumps(report, indent=2))
+        page = write_page(output)
     print(format_table(rows))
-    print(f"figures: {', '.join(figs) or '-'} and report.html in {output}")
+    for line in summary_lines(report):
+        print(line)
+    print(f"report: {page}")
     if report["converged"] and report["n_failed_left"]:
         print(f"warning: {report['n_failed_left']} frames stayed above the trust_hi levels (failed) and were never "
               "relabeled; raise model_devi_f_trust_hi / e_trust_hi to include them")
     return report
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The terminal's summary under the table: frames, the stopping rule, the models' errors."""
+    from .report_page import number, stop_reason
+
+    n, pool = report["n_relabeled"], report["n_frames"]
+    lines = [f"relabeled {n} of {pool} frames ({100 * n / pool if pool else 0:.1f}% of the pool) in "
+             f"{len(report['iterations'])} iterations; {stop_reason(report)['text']}"]
+    errors = report.get("model_errors") or {}
+    orig, final = errors.get("originals_on_relabeled"), errors.get("final_on_relabeled")
+    if final:
+        before = (lambda key: f"originals {number(orig[key])} -> ") if orig else (lambda key: "")
+        lines.append(f"on the {final['n_frames']} relabeled frames: energy RMSE {before('rmse_e_per_atom')}final "
+                     f"{number(final['rmse_e_per_atom'])} eV/atom, force RMSE {before('rmse_f')}final "
+                     f"{number(final['rmse_f'])} eV/A")
+    for name, why in (errors.get("skipped") or {}).items():
+        lines.append(f"warning: {name} not evaluated: {why}")
+    return lines

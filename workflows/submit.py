@@ -106,6 +106,7 @@ class ProgressPrinter:
         self.wf, self.verbose, self.printed, self.seen, self.stop = wf, verbose, set(), set(), threading.Event()
         self.console = Console(file=out, highlight=False, soft_wrap=True)
         self.status = self.console.status("starting", spinner="line") if self.console.is_terminal else None
+        self.t0, self.last = time.time(), "starting"
 
     def say(self, line: str) -> None:
         self.console.print(line, markup=False)
@@ -122,8 +123,10 @@ class ProgressPrinter:
         for line in events:
             if self.verbose or line.split(";")[0].endswith(("failed", "error")):
                 self.say(line)
-            elif self.status is not None:
-                self.status.update(line)
+            else:
+                self.last = line
+        if self.status is not None:  # the last step that ended, and the run's elapsed time
+            self.status.update(f"[{time.strftime('%H:%M:%S', time.gmtime(time.time() - self.t0))}] {self.last}")
         for r in rows:
             if r["iteration"] not in self.printed and r["fp_done"]:
                 self.printed.add(r["iteration"])
@@ -205,15 +208,11 @@ def _run_local(cfg: SimplifyConfig, config_path: Path, output: Path, ops: StageO
         print(f"error: workflow {wf.id} {status}; logs under {workdir / wf.id}; {again}.", file=sys.stderr)
         return 1
     printer.poll()
-    if not verbose:  # the report evaluates the final models here: deepmd-kit's notices are not news
-        import logging
-
-        logging.getLogger("deepmd").setLevel(logging.ERROR)
     from .report import collect_outputs
 
     report = collect_outputs(wf, cfg, output, wall_time=time.time() - t0)
     print(f"done: converged={report['converged']}, relabeled {report['n_relabeled']} of {report['n_frames']} frames; "
-          f"models in {output / 'models'}, dataset in {output / 'dataset'}, report {output / 'report.json'}")
+          f"models in {output / 'models'}, dataset in {output / 'dataset'}, report {output / 'report.html'}")
     return 0
 
 
