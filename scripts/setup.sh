@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian / Python 3.11 machine: a .venv at the repository root with the package and
-# DeePMD-kit 3.2.0 for both backends (TensorFlow CPU and PyTorch CPU), the test tools and Debian's CP2K.
+# DeePMD-kit 3.2.0 for both backends (TensorFlow CPU and PyTorch CPU), the test tools, Debian's CP2K and Chromium.
 # Safe to re-run.
 #
 # The PyPI deepmd-kit wheel's PyTorch op library is built for torch 2.11 and does not load with the
@@ -8,11 +8,13 @@
 # pip caches the wheel). torch is pinned so that pip never pulls a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# CP2K (Debian's package) for the cp2k FP engine, its tests and examples/ag-au-cp2k
-if ! command -v cp2k.psmp >/dev/null 2>&1; then
+# CP2K (Debian's package) for the cp2k FP engine, its tests and examples/ag-au-cp2k; Chromium and its driver
+# for the tests that open report.html in a headless browser (tests/browser.py)
+if ! command -v cp2k.psmp >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
     SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
     export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get install -y -q cp2k >/dev/null || { $SUDO apt-get update -q && $SUDO apt-get install -y -q cp2k >/dev/null; }
+    PACKAGES="cp2k chromium chromium-driver"
+    $SUDO apt-get install -y -q $PACKAGES >/dev/null || { $SUDO apt-get update -q && $SUDO apt-get install -y -q $PACKAGES >/dev/null; }
 fi
 # podman, runc and debootstrap for the opt-in image smoke test (SIMPLIFY_PODMAN_SMOKE=1)
 if [ "${SIMPLIFY_PODMAN_SMOKE:-}" = 1 ] && ! command -v podman >/dev/null 2>&1; then
