@@ -6,6 +6,7 @@ the number of frames."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,13 @@ class RunRecord:
                    **kw)
 
     def save(self, output: Path) -> None:
-        Path(output, RECORD).write_text(json.dumps(asdict(self), indent=1))
+        """Written under a temporary name and renamed: a full disk or a kill leaves the old record, never a part."""
+        tmp = Path(output, RECORD + ".tmp")
+        try:
+            tmp.write_text(json.dumps(asdict(self), indent=1))
+            os.replace(tmp, Path(output, RECORD))
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, output: Path) -> "RunRecord":

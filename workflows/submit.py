@@ -17,18 +17,10 @@ import time
 from pathlib import Path
 
 from .config import EXIT_CONFIG, SimplifyConfig
-from .output import output_lock
+from .output import output_lock, workflow_name
 from .record import RECORD, RunRecord
+from .recovery import NO_SPACE, NO_SPACE_PATH, SpaceWatch, atomic_dflow_writes, is_no_space, mend, no_space_message
 from .superop import StageOps
-
-
-def workflow_name(config_path: Path) -> str:
-    """simplify-<config name>, or simplify-<folder> for generic names like config.json."""
-    stem = config_path.stem
-    if stem.lower() in ("config", "simplify", "input", "param", "params"):
-        stem = config_path.resolve().parent.name
-    stem = "".join(c if c.isascii() and c.isalnum() else "-" for c in stem.lower()).strip("-") or "run"
-    return f"simplify-{stem}"[:40].rstrip("-")
 
 
 def config_digest(cfg: SimplifyConfig) -> str:
@@ -69,6 +61,7 @@ def set_local_mode(workdir: Path) -> None:
     # is read in place: build.py passes its paths, not an artifact)
     dflow_config["debug_copy_method"] = "copy"
     _lighter_debug_copies()
+    atomic_dflow_writes()
 
 
 def _lighter_debug_copies() -> None:
@@ -149,7 +142,13 @@ def run_local(cfg: SimplifyConfig, config_path: Path, output: Path, ops: StageOp
     class of each stage. Each step's own output goes to its log.txt under `<output>/work`; `verbose` relays
     it to the terminal too."""
     with output_lock(output):
-        return _run_local(cfg, config_path, output, ops, verbose)
+        try:
+            return _run_local(cfg, config_path, output, ops, verbose)
+        except OSError as e:  # this process's own writes (dflow's records, the run's record, the report)
+            if not is_no_space(e):
+                raise
+            print(f"error: {no_space_message(output, [e.filename] if e.filename else [])}", file=sys.stderr)
+            return 1
 
 
 def _run_local(cfg: SimplifyConfig, config_path: Path, output: Path, ops: StageOps, verbose: bool) -> int:
@@ -172,6 +171,9 @@ def _run_local(cfg: SimplifyConfig, config_path: Path, output: Path, ops: StageO
     if prev is not None:
         wf_id = prev.workflow_id
         print(f"resuming workflow {wf_id} in {output}")
+        if (workdir / wf_id).is_dir():
+            mend(workdir / wf_id)
+
     def save_record() -> None:
         RunRecord.of(cfg, wf.id, digest, "local", str(config_path), debug_s3=bool(dflow_config["debug_s3"])).save(output)
 
@@ -192,6 +194,7 @@ def _run_local(cfg: SimplifyConfig, config_path: Path, output: Path, ops: StageO
         t0 = time.time()
         if not verbose:  # dflow relays every OP's output to sys.stdout (its forked workers too)
             scope.enter_context(contextlib.redirect_stdout(scope.enter_context(open(os.devnull, "w"))))
+        space = scope.enter_context(contextlib.redirect_stderr(SpaceWatch(sys.stderr)))
         wf.submit()
     printer.stop.set()
     thread.join()
@@ -202,6 +205,11 @@ def _run_local(cfg: SimplifyConfig, config_path: Path, output: Path, ops: StageO
         failures = failed_step_errors(workdir / wf.id)
         for line in failures:
             print(f"error: {line}", file=sys.stderr)
+        logs = "\n".join(failures)
+        if space.seen or NO_SPACE.search(logs):
+            print(f"error: workflow {wf.id} {status}: "
+                  f"{no_space_message(output, space.paths + NO_SPACE_PATH.findall(logs))}", file=sys.stderr)
+            return 1
         again = ("the failure above is deterministic: fix its cause first; running the same command again then "
                  "resumes" if failures and all(": FatalError" in ln for ln in failures)
                  else "run the same command again to resume")
