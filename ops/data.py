@@ -162,6 +162,26 @@ def open_system(path: str, fmt: str):
         yield names, np.asarray(g["type.raw"][()], dtype=int).reshape(-1), "nopbc" in g, sets
 
 
+def first_non_finite(path: str, fmt: str, arrays: tuple[str, ...], chunk: int = 4096) -> tuple[int, str] | None:
+    """(frame index in the system, "set.xxx/array.npy") of the first frame whose `arrays` ("box", "coord",
+    "energy", ...; those present) hold a NaN or an infinity, or None. Read a chunk of frames at a time (memory
+    maps, HDF5 datasets): the whole of pick_data passes through, never all in memory."""
+    with open_system(path, fmt) as (_, _, _, sets):
+        start = 0
+        for set_name, arrs in sets.items():
+            for name in arrays:
+                if name not in arrs:
+                    continue
+                data = arrs[name]
+                for lo in range(0, data.shape[0], chunk):
+                    rows = np.asarray(data[lo:lo + chunk])
+                    bad = ~np.isfinite(rows.reshape(rows.shape[0], -1)).all(axis=1)
+                    if bad.any():
+                        return start + lo + int(np.argmax(bad)), f"{set_name}/{name}.npy"
+            start += arrs["box"].shape[0] if "box" in arrs else 0
+    return None
+
+
 def read_frames(path: str, fmt: str, frame_ids: list[int], type_map: list[str], labeled: bool) -> dpdata.System:
     """Frames `frame_ids` of the system at `path` (deepmd/npy folder or deepmd/hdf5 `file#group`): coordinates,
     cells, types (and energies, forces, virials) read by row, never the whole system, so that a ModelDevi shard

@@ -19,14 +19,16 @@ from pathlib import Path
 import numpy as np
 from dargs import Argument
 
-from dflow_simplify.ops.data import count_frames, expand_roots, find_systems, npy_shape, open_system
+from dflow_simplify.ops.data import count_frames, expand_roots, find_systems, first_non_finite, npy_shape, open_system
 from dflow_simplify.ops.exact_train import exact_problem, only_output_layer_trainable
 from dflow_simplify.ops.fp.bad_box import parse_criteria
 from dflow_simplify.ops.fp.base import ENGINES, get_engine
 from dflow_simplify.ops.selection import STYLES
 from dflow_simplify.ops.start_models import check_substitution, models_type_map, pt_branches
+from dflow_simplify.workflows.config_file import ConfigFileError, read_config_file
+from dflow_simplify.workflows.config_keys import aliases_written, as_written, bool_mixup, raw_key_problem
 from dflow_simplify.workflows.schema import BIG, IGNORED_KEYS, TRUE_ERROR_KEYS, config_args
-from dflow_simplify.workflows.step_config import check_step_configs
+from dflow_simplify.workflows.step_config import check_step_configs, step_configs_args
 
 
 def is_s3_uri(value) -> bool:
@@ -91,23 +93,21 @@ def _as_list(value) -> list:
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a JSON object at the top level")
-    return data
+        return read_config_file(path)
+    except ConfigFileError as e:
+        raise ConfigError(str(e)) from None
 
 
 def normalize(raw: dict) -> dict:
     arg = config_args()
+    _refuse(raw_key_problem(raw, arg))
     try:
         data = arg.normalize_value(raw, trim_pattern="_*")
         arg.check_value(data, strict=True)
-    except Exception as e:  # dargs says which key and what it expected
-        raise ConfigError(f"config: {e}".replace("[at root location] ", "").replace("[at location `simplify`] ", "")) from None
+    except Exception as e:  # dargs says which key and what it expected (over several lines for a union)
+        msg = str(e).replace("[at root location] ", "").replace("[at location `simplify`] ", "")
+        raise ConfigError("config: " + "; ".join(line.strip() for line in msg.splitlines() if line.strip())) from None
+    _refuse(bool_mixup(arg, data, ""))
     return data
 
 
@@ -129,6 +129,8 @@ def _check_finite(node, where: str = "") -> None:
         raise ConfigError(f"{where}: NaN is not a number; expected a real value")
     elif isinstance(node, float) and abs(node) == float("inf") and where not in INFINITE_OK:
         raise ConfigError(f"{where}: expected a finite number, got {node}")
+    elif isinstance(node, int) and not isinstance(node, bool) and abs(node) >= 2**63:
+        raise ConfigError(f"{where}: {node} does not fit in 64 bits")
 
 
 def _check_batch_size(key: str, value) -> None:
@@ -158,19 +160,15 @@ def _check_ranges(j: dict) -> None:
 def _check_numbers(j: dict) -> None:
     _check_finite(j)
     _check_ranges(j)
+    _check_dpgen_extras(j)
     for key in ("numb_models", "init_pick_number", "iter_pick_number"):
         if j[key] < 1:
             raise ConfigError(f"{key}: expected a positive integer, got {j[key]}")
     if j["model_devi_f_trust_lo"] == float("inf"):
         raise ConfigError("model_devi_f_trust_lo: expected a finite number (infinity retires every frame as accurate)")
-    for q in ("f", "e"):
-        lo, hi = j[f"model_devi_{q}_trust_lo"], j[f"model_devi_{q}_trust_hi"]
-        if lo < 0 or lo > hi:
-            raise ConfigError(f"model_devi_{q}_trust_lo ({lo}) must be >= 0 and <= model_devi_{q}_trust_hi ({hi})")
-    for q in ("f", "e"):
-        lo, hi = j[f"true_error_{q}_trust_lo"], j[f"true_error_{q}_trust_hi"]
-        if lo < 0 or lo > hi:
-            raise ConfigError(f"true_error_{q}_trust_lo ({lo}) must be >= 0 and <= true_error_{q}_trust_hi ({hi})")
+    for kind in ("model_devi", "true_error"):
+        for q in ("f", "e"):
+            _check_band(j, f"{kind}_{q}_trust_lo", f"{kind}_{q}_trust_hi")
     set_true = [k for k in TRUE_ERROR_KEYS if j[k] < BIG]
     if set_true and not j["labeled"]:
         raise ConfigError(f"{set_true[0]}: the true error is measured against pick_data's own labels, which needs "
@@ -209,6 +207,38 @@ def _check_numbers(j: dict) -> None:
     _check_training_param(j["default_training_param"])
 
 
+def _check_band(j: dict, lo_key: str, hi_key: str) -> None:
+    """A trust band [lo, hi): lo >= 0, lo <= hi, not empty unless unset; the message names the key that was set
+    when the other one is only its default (unset, 1e10)."""
+    lo, hi = j[lo_key], j[hi_key]
+    if lo < 0:
+        raise ConfigError(f"{lo_key}: expected a number >= 0, got {lo}")
+    if lo > hi and lo >= BIG:
+        raise ConfigError(f"{hi_key} ({hi}) is set but {lo_key} is not (its default {lo:g} means unset, and a band "
+                          f"[lo, hi) needs lo <= hi): set {lo_key} <= {hi} too")
+    if lo > hi:
+        raise ConfigError(f"{lo_key} ({lo}) must be <= {hi_key} ({hi})")
+    if lo == hi < BIG:
+        raise ConfigError(f"{lo_key} and {hi_key} are both {lo}: the band [lo, hi) is empty, so no frame would be a "
+                          f"candidate by it; set {lo_key} < {hi_key}")
+
+
+def _check_dpgen_extras(j: dict) -> None:
+    """DP-GEN keys simplify does not use, refused where their value contradicts the rest of the config."""
+    masses, type_map = j["mass_map"], j["type_map"]
+    if isinstance(masses, str) and masses != "auto":
+        raise ConfigError(f"mass_map: expected a list of masses or \"auto\", got {masses!r}")
+    if isinstance(masses, list) and len(masses) != len(type_map):
+        raise ConfigError(f"mass_map: {len(masses)} masses for the {len(type_map)} elements of type_map {type_map}; "
+                          "expected one per element (or leave mass_map out: simplify does not use it)")
+    if isinstance(masses, list) and not all(isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0
+                                            for m in masses):
+        raise ConfigError(f"mass_map: expected positive numbers, got {masses}")
+    if j.get("fp_task_min") is not None and j.get("fp_task_max") is not None and j["fp_task_min"] > j["fp_task_max"]:
+        raise ConfigError(f"fp_task_min ({j['fp_task_min']}) is above fp_task_max ({j['fp_task_max']}): no round "
+                          "could relabel anything; set fp_task_min <= fp_task_max")
+
+
 def _check_start(j: dict) -> None:
     """element_substitution and model_branch, against the start mode they need."""
     try:
@@ -229,9 +259,11 @@ def _check_start(j: dict) -> None:
 def _check_training_param(template: dict) -> None:
     """deepmd-kit's own argument check of the training input (its training_data is set per iteration)."""
     try:
+        from deepmd.utils.argcheck import gen_args
         from deepmd.utils.argcheck import normalize as deepmd_normalize
     except ImportError:  # a submit-only environment without deepmd-kit: the pods check it
         return
+    _refuse(bool_mixup(Argument("default_training_param", dict, gen_args()), template, "default_training_param"))
     jinput = json.loads(json.dumps(template))
     jinput["training"]["training_data"] = {"systems": ["iter_data"]}
     try:
@@ -256,6 +288,12 @@ def _check_step_configs(j: dict) -> None:
         j["step_configs"] = check_step_configs(j["step_configs"])
     except Exception as e:  # dargs names the stage and key
         raise ConfigError(f"step_configs: {e}") from None
+    _refuse(bool_mixup(step_configs_args(), j["step_configs"], "step_configs"))
+
+
+def _refuse(problem: str | None) -> None:
+    if problem:
+        raise ConfigError(problem)
 
 
 FP_STYLE_ALIASES = {"pwscf": "qe"}  # DP-GEN's names
@@ -266,6 +304,10 @@ def _check_engine(cfg: SimplifyConfig) -> None:
     checked and given unique names under which the workflow ships them to the RunFP steps."""
     j = cfg.jdata
     style = cfg.fp_style
+    if j["labeled"] and j["fp_style"] != "none":  # DP-GEN accepts both: labeled wins there too
+        _set(cfg, warnings=[*cfg.warnings, f"fp_style {j['fp_style']!r} is not used: labeled: true wins (pick_data's "
+                            "own labels are taken as the new level's; no FP code runs); remove fp_style, or set "
+                            "labeled: false to relabel with it"])
     try:
         engine = get_engine(style)
     except KeyError:
@@ -278,6 +320,7 @@ def _check_engine(cfg: SimplifyConfig) -> None:
         engine.check(params, j["type_map"])
     except Exception as e:
         raise ConfigError(f"fp_params for fp_style {style!r}: {e}".replace("[at location `fp_params`] ", "")) from None
+    _refuse(bool_mixup(arg, params, "fp_params"))
     for key in engine.file_params:
         if params.get(key) is None:
             continue
@@ -410,6 +453,12 @@ def _check_system(cfg: SimplifyConfig, key: str, root: str, name: str, needs_lab
             if not any(arr in shapes for shapes in sets.values()):
                 what = "labeled: true" if cfg.jdata["labeled"] else f"fp_style {cfg.fp_style!r}"
                 raise ConfigError(f"pick_data: system {where} lacks {arr}, which {what} needs")
+    arrays = ("box", "coord") + (("energy", "force", "virial") if needs_labels else ())
+    path, fmt = (where, "deepmd/hdf5") if "#" in name else (where, "deepmd/npy")
+    bad = first_non_finite(path, fmt, arrays)  # an s3:// pick_data: its index files (box.npy) only
+    if bad:
+        raise ConfigError(f"pick_data: system {where}, frame {bad[0]}: {bad[1]} holds NaN or infinity (frames "
+                          "counted from 0 over the system's sets); fix or remove that frame")
 
 
 def _npy_system(sys_dir: Path, check_arrays: bool) -> tuple[str, list[int], list[str] | None, dict]:
@@ -519,6 +568,12 @@ def _resolve_models(cfg: SimplifyConfig) -> None:
         dirs = []
         for pattern in _as_list(j["training_iter0_model_path"]):
             dirs += sorted(glob.glob(os.path.join(cfg.base_dir, pattern)))
+        seen = {}
+        for d in dirs:
+            if seen.setdefault(os.path.realpath(d), d) != d or dirs.count(d) > 1:
+                raise ConfigError(f"training_iter0_model_path: the model in {d} is given more than once (as "
+                                  f"{seen[os.path.realpath(d)]} too); identical starting models deviate (nearly) by "
+                                  "zero, so the selection would be blind: give numb_models different models")
         if len(dirs) != n:
             raise ConfigError(f"training_iter0_model_path: expected numb_models = {n} training folders, "
                               f"found {len(dirs)} matching {j['training_iter0_model_path']}")
@@ -675,6 +730,11 @@ def load_config(path: str | os.PathLike) -> SimplifyConfig:
     return validate(raw, path.parent)
 
 
+def read_raw_config(path: str | os.PathLike) -> dict:
+    """The config file's JSON object as written (comments allowed), not validated; ConfigError if unreadable."""
+    return _read_json(Path(path))
+
+
 def ignored_keys(raw: dict) -> list[str]:
     """One warning line per DP-GEN key of `raw` that is accepted but changes nothing."""
     return [f"{k}: accepted and ignored ({why})" for k, why in IGNORED_KEYS.items() if k in raw]
@@ -683,16 +743,19 @@ def ignored_keys(raw: dict) -> list[str]:
 def validate(raw: dict, base_dir: str | os.PathLike) -> SimplifyConfig:
     """The validated config. Touches no global setting: dflow's S3 settings, needed to list an s3:// input,
     are restored before it returns (and dflow is not even imported for a config without one)."""
-    if not _uses_s3(raw):
-        return _validate(raw, base_dir)
-    from dflow import s3_config
-
-    saved = dict(s3_config)
     try:
-        return _validate(raw, base_dir)
-    finally:
-        s3_config.clear()
-        s3_config.update(saved)
+        if not _uses_s3(raw):
+            return _validate(raw, base_dir)
+        from dflow import s3_config
+
+        saved = dict(s3_config)
+        try:
+            return _validate(raw, base_dir)
+        finally:
+            s3_config.clear()
+            s3_config.update(saved)
+    except ConfigError as e:  # the keys named as the user wrote them (f_trust_lo, not model_devi_f_trust_lo)
+        raise ConfigError(as_written(str(e), aliases_written(raw, config_args()))) from None
 
 
 def _validate(raw: dict, base_dir: str | os.PathLike) -> SimplifyConfig:

@@ -5,14 +5,13 @@ and Argo runs; `ID` is a run's output folder, or an Argo workflow id with `--con
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, read_raw_config
 from .record import RECORD, RunRecord
 
 DONE = ("Succeeded", "Failed", "Error", "Terminated", "Stopped")
@@ -86,8 +85,8 @@ def record_settings(record: RunRecord) -> tuple[dict, dict]:
     argo_conf, s3_conf = dict(record.dflow_config), dict(record.dflow_s3_config)
     if record.config and Path(record.config).is_file():
         try:
-            raw = json.loads(Path(record.config).read_text())
-        except ValueError:
+            raw = read_raw_config(record.config)
+        except ConfigError:
             raw = {}
         argo_conf.update({k: v for k, v in (raw.get("dflow_config") or {}).items() if k in SECRET_CONFIG})
         s3_conf.update({k: v for k, v in (raw.get("dflow_s3_config") or {}).items() if k in SECRET_KEYS})
@@ -194,12 +193,14 @@ def watch(run: Run, interval: float = 5.0) -> int:
 
 def download(run: Run, target: Path) -> int:
     """models/, dataset/ and report.json, as a local run writes them."""
+    from .output import check_output, run_inputs
     from .report import collect_outputs
 
     st = _status(run)
     if st != "Succeeded":
         raise RunError(f"workflow {run.record.workflow_id} is {st}: only a succeeded run has final models; "
                        "`status` shows how far it got")
+    check_output(target, run_inputs(run.cfg))
     target.mkdir(parents=True, exist_ok=True)
     report = collect_outputs(run.wf, run.cfg, target)
     print(f"downloaded: {report['n_in_dataset']} relabeled frames, models and report.json into {target}")

@@ -6,6 +6,8 @@ between opposite faces. A frame whose ratio exceeds the limit is not labeled (an
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 CRITERIA = ("length_ratio", "height_ratio")
@@ -19,9 +21,13 @@ def parse_criteria(text: str) -> dict[str, float]:
         if not sep or name.strip() not in CRITERIA:
             raise ValueError(f"fp_skip_bad_box: {part!r} is not 'name:value' with name in {list(CRITERIA)}")
         try:
-            out[name.strip()] = float(value)
+            limit = float(value)
         except ValueError:
             raise ValueError(f"fp_skip_bad_box: {part!r}: the value is not a number") from None
+        if not (math.isfinite(limit) and limit > 1):  # NaN compares false: it would skip nothing, silently
+            raise ValueError(f"fp_skip_bad_box: {part!r}: expected a finite ratio > 1 (a cell's {name.strip()} is 1 "
+                             "at best, so a limit <= 1 would skip nearly every frame)")
+        out[name.strip()] = limit
     return out
 
 
