@@ -1,12 +1,14 @@
 """RunFP: relabel a group of picked frames with an FP engine, one task folder per frame.
 
-Failures are data, not crashes: a task that fails, times out or does not parse is recorded in the group's
-failures.json (system, frame, engine, reason, log tail) and so is a frame skipped for its bad box
-(`kind: bad_box`); PrepTrain then returns failed frames to the pool and applies `ratio_failed`.
+Failures are data, not crashes: a task that fails, times out, does not parse or gives a NaN or infinite label
+is recorded in the group's failures.json (system, frame, engine, reason, log tail) and so is a frame skipped for
+its bad box (`kind: bad_box`); PrepTrain then returns failed frames to the pool and applies `ratio_failed`. A
+full disk is no fault of the frame's: the step fails, and a rerun labels the frame.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,12 +17,25 @@ from pathlib import Path
 from typing import List
 
 import dpdata
+import numpy as np
 from dflow.python import OP, OPIO, Artifact, OPIOSign
 
 from .data import extracted_frames, iter_frames, save_labeled
 from .fp.bad_box import bad_box_reason, parse_criteria
 from .fp.base import FPTaskError, get_engine
 from .params import fatal_errors
+
+
+def non_finite_labels(labeled: dpdata.LabeledSystem) -> str | None:
+    """Why an engine's labels cannot be trained on (NaN or infinite energy, forces or virial), or None."""
+    bad = [name for name in ("energies", "forces", "virials")
+           if name in labeled.data and not np.isfinite(labeled.data[name]).all()]
+    return f"non-finite label: {', '.join(bad)} hold NaN or infinity" if bad else None
+
+
+def out_of_space(*texts: str) -> bool:
+    """A failed FP code whose output says the disk was full: no fault of the frame's."""
+    return any(msg in t for t in texts for msg in ("No space left on device", "Disk quota exceeded"))
 
 
 def label_frames(roots, frame_ids: dict[str, list[int]], type_map, fp_style: str, fp_params: dict,
@@ -46,11 +61,20 @@ def label_frames(roots, frame_ids: dict[str, list[int]], type_map, fp_style: str
             try:
                 labeled = engine.label(frame, str(task_dir), fp_params, files_dir)
             except FPTaskError as exc:  # a failed task is data: record it and go on
+                if out_of_space(str(exc), *exc.log_tail):
+                    raise OSError(errno.ENOSPC, f"the FP task of {src_key} frame {src_frame} ran out of space: "
+                                                f"{exc}", str(task_dir)) from exc
                 failures.append(dict(record, kind="failed", reason=str(exc), log_tail=exc.log_tail))
                 continue
             except Exception as exc:
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise  # the machine's trouble, not the frame's: the step fails, a rerun labels it
                 failures.append(dict(record, kind="failed", reason=f"{type(exc).__name__}: {exc}",
                                      log_tail=traceback.format_exc().splitlines()[-5:]))
+                continue
+            bad_label = non_finite_labels(labeled)
+            if bad_label:
+                failures.append(dict(record, kind="failed", reason=bad_label, log_tail=[]))
                 continue
             multi.append(labeled)
             sources.setdefault(labeled.formula, []).append((src_key, src_frame))

@@ -120,3 +120,47 @@ def test_runfp_labels_only_its_extracted_group_and_names_the_original_frames(tmp
     assert ids == [["0/Ag6Au2", 3], ["0/Ag6Au2", 5]]
     labeled = dpdata.LabeledSystem(str(tmp_path / out["labeled_data"] / "Ag6Au2"), fmt="deepmd/npy")
     np.testing.assert_allclose(labeled["coords"][1], frames[5].positions, atol=1e-10)
+
+
+def test_non_finite_labels_are_failed_frames_and_a_full_disk_is_not(tmp_path):
+    """An engine's NaN or infinite energy, forces or virial is a failed frame, recorded like any FP failure
+    (training on it would die late, naming no frame); a full disk is the machine's failure, not the frame's:
+    the step fails, and a rerun labels the frame."""
+    import errno
+
+    import pytest
+
+    from dflow_simplify.ops.fp.base import FPTaskError
+
+    @register("non-finite-test")
+    class NonFinite(Engine):
+        def label(self, frame, workdir, params, files_dir=None):
+            a = frame.to("ase/structure")[0]
+            a.calc = EMT()
+            lab = dpdata.LabeledSystem(a, fmt="ase/structure", type_map=["Ag", "Au"])
+            which = params["which"].pop(0)
+            if which == "energy":
+                lab.data["energies"][:] = np.nan
+            elif which == "virial":
+                lab.data["virials"][0, 1, 1] = np.inf
+            elif which == "disk":
+                raise OSError(errno.ENOSPC, "No space left on device", str(workdir))
+            elif which == "disk in the code":
+                raise FPTaskError("command exited with code 1: vasp_std", ["forrtl: No space left on device"])
+            return lab
+
+    try:
+        s = dpdata.System(_atoms(4), fmt="ase/structure", type_map=["Ag", "Au"])
+        (s + s + s).to("deepmd/npy", str(tmp_path / "sys"))
+        multi, _, failures = label_frames([str(tmp_path)], {"0/sys": [0, 1, 2]}, ["Ag", "Au"], "non-finite-test",
+                                          {"which": ["energy", "ok", "virial"]}, tmp_path / "w")
+        assert multi.get_nframes() == 1 and [f["frame"] for f in failures] == [0, 2]
+        assert [f["kind"] for f in failures] == ["failed", "failed"]
+        assert failures[0]["reason"] == "non-finite label: energies hold NaN or infinity"
+        assert failures[1]["reason"] == "non-finite label: virials hold NaN or infinity"
+        for which in ("disk", "disk in the code"):
+            with pytest.raises(OSError, match="No space left on device|ran out of space"):
+                label_frames([str(tmp_path)], {"0/sys": [0]}, ["Ag", "Au"], "non-finite-test", {"which": [which]},
+                             tmp_path / "w2")
+    finally:
+        ENGINES.pop("non-finite-test")
