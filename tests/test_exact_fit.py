@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from dflow_simplify.ops.exact_fit import FitState, LossWeights, TrainingSystem, add_frames, fit, frame_rows, \
-    multiplicity, system_frame_weight
+from dflow_simplify.ops.exact_fit import (
+    FitState,
+    LossWeights,
+    TrainingSystem,
+    add_frames,
+    fit,
+    frame_rows,
+    multiplicity,
+    system_frame_weight,
+)
 from dflow_simplify.ops.exact_train import exact_problem, only_output_layer_trainable
 from dflow_simplify.ops.output_layer import FeatureModel, OutputLayer
 from dflow_simplify.ops.posterior import NormalEquations, solve
@@ -235,6 +243,13 @@ def test_only_the_output_layer_trainable_decides_exact():
     huber = json.loads(json.dumps(template))
     huber["loss"]["use_huber"] = True
     assert "use_huber" in exact_problem(huber, "init_model", None)
+    other = json.loads(json.dumps(template))
+    other["model"]["descriptor"]["type"] = "loc_frame"
+    assert "loc_frame" in exact_problem(other, "init_model", None)
+    dipole = json.loads(json.dumps(template))
+    dipole["model"]["fitting_net"]["type"] = "dipole"
+    assert "'dipole'" in exact_problem(dipole, "init_model", None)
+    assert "multi-task" in exact_problem(template, "finetune", "agau")
 
 
 @pytest.mark.parametrize("changes, expected", [
