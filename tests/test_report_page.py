@@ -42,3 +42,18 @@ def test_recorded_report_reads_in_a_browser(tmp_path):
     assert texts["pool-size"].split("\n")[1:] == ["200 frames", "in 2 system(s)"]
     assert "no frame selected" in texts["stop-rule"] and "of the 1 frame left in the pool" in texts["stop-rule"]
     assert "0.619 → 0.00383 eV/atom" in texts["error-rmse_e_per_atom"]
+
+
+def test_exact_fits_have_a_table_on_the_page(tmp_path):
+    """train_style exact: each iteration's fits (loss against the optimum, effective parameters) in a table."""
+    for name in ("report.json", "model_errors.json", "timing.json"):
+        shutil.copy(RECORDED / name, tmp_path / name)
+    report = json.loads((tmp_path / "report.json").read_text())
+    fit = {"frames": 10, "frames_computed": 10, "parameters": 66, "loss_ratio": 1.0271, "effective_parameters": 59.9}
+    report["training_fits"] = {"1": [fit, dict(fit, loss_ratio=1.081, effective_parameters=58.3)]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    page = write_page(tmp_path).read_text()
+    assert "Exact output-layer fits" in page and "1.027–1.081" in page and "58.3–59.9" in page
+    report["training_fits"] = {}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert "Exact output-layer fits" not in write_page(tmp_path).read_text()

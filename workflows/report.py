@@ -105,6 +105,17 @@ def iteration_models(steps, tmp: Path) -> dict[int, list[Path]]:
     return {it: sorted(files.values()) for it, files in found.items()}
 
 
+def training_fits(steps, tmp: Path) -> dict[str, list[dict]]:
+    """Iteration -> the exact fits' records (train_style exact: each RunTrain's `lcurve` output is its fit.json),
+    one per model; empty for dp train."""
+    fits: dict[str, list[dict]] = {}
+    for key, step in sorted(_by_key(steps).items()):
+        if step.phase == "Succeeded" and re.search(r"--run-train-\d+$", key) and "lcurve" in step.outputs.artifacts:
+            for f in _download_files(step.outputs.artifacts["lcurve"], tmp, key, "fit.json")[:1]:
+                fits.setdefault(str(iter_index_of(key)), []).append(json.loads(f.read_text()))
+    return fits
+
+
 def evaluation_request(cfg, dataset: Path, final_models: list[Path], by_iteration: dict[int, list[Path]],
                        picks: dict[int, list], last: int) -> dict:
     """What model_errors evaluates: the originals and the final models on every relabeled frame (with parity
@@ -154,7 +165,8 @@ def settings_of(cfg) -> dict:
     p, j = select_parameters(cfg), cfg.jdata
     trust = {k: v for k, v in vars(p.trust).items() if v is not None and v < 1e9}
     return {"fp_style": cfg.fp_style, "numb_models": j["numb_models"], "train_backend": j["train_backend"],
-            "init_mode": cfg.init_mode, "init_pick_number": p.init_pick_number, "iter_pick_number": p.iter_pick_number,
+            "init_mode": cfg.init_mode, "train_style": cfg.train_style, "init_pick_number": p.init_pick_number,
+            "iter_pick_number": p.iter_pick_number,
             "select_style": p.select_style, "trust": trust, "relative_f_epsilon": p.relative_f_epsilon,
             "probe_number": p.probe_number, "conv_e_rmse": p.conv_e_rmse, "conv_f_rmse": p.conv_f_rmse,
             "stop_iter": p.stop_iter, "type_map": j["type_map"], "systems": dict(cfg.systems)}
@@ -267,6 +279,7 @@ def collect_outputs(wf, cfg, output: Path, wall_time: float | None = None) -> di
             "settings": settings_of(cfg),
             "deviation_histograms": {str(r["iteration"]): r["histograms"] for r in rows if r.get("histograms")},
             "model_errors": {},
+            "training_fits": training_fits(steps, Path(tmp, "fits")),
         }
         final_models = sorted(p for p in models_dir.glob("graph.*") if p.suffix in MODEL_SUFFIXES)
         (output / ERRORS).unlink(missing_ok=True)

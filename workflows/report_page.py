@@ -160,6 +160,20 @@ def iteration_table(report: dict) -> list[dict]:
     return rows
 
 
+def fit_table(report: dict) -> list[dict]:
+    """Per iteration, the exact output-layer fits (train_style exact): ranges over the models."""
+    rows = []
+    for it, fits in sorted((report.get("training_fits") or {}).items(), key=lambda kv: int(kv[0])):
+        def span(key, digits=3):
+            values = [f[key] for f in fits if f.get(key) is not None]
+            return "–" if not values else f"{min(values):.{digits}g}–{max(values):.{digits}g}"
+
+        rows.append({"iteration": it, "models": len(fits), "frames": span("frames", 6),
+                     "computed": span("frames_computed", 6), "loss_ratio": span("loss_ratio", 4),
+                     "effective": span("effective_parameters"), "parameters": span("parameters", 6)})
+    return rows
+
+
 def system_table(report: dict) -> list[dict]:
     """Per pick_data system: frames, relabeled (and %), the originals' and final models' errors on its relabeled
     frames; the systems that drove the labels first."""
@@ -211,7 +225,8 @@ def settings_list(report: dict) -> list[tuple[str, str]]:
     trust = s.get("trust") or {}
     levels = ", ".join(f"{k} {v:g}" for k, v in trust.items() if v is not None and v < 1e9)
     rows = [("new level (fp_style)", s.get("fp_style")), ("models", f"{s.get('numb_models')} ({s.get('train_backend')}, "
-            f"start: {s.get('init_mode')})"), ("picks", f"{s.get('init_pick_number')} at random, then at most "
+            f"start: {s.get('init_mode')}, training: {s.get('train_style', 'sgd')})"),
+            ("picks", f"{s.get('init_pick_number')} at random, then at most "
             f"{s.get('iter_pick_number')} per iteration ({s.get('select_style')})"), ("trust levels", levels or "–"),
             ("relative force deviation epsilon", s.get("relative_f_epsilon")), ("probe frames", s.get("probe_number")),
             ("conv_e_rmse / conv_f_rmse", f"{s.get('conv_e_rmse')} / {s.get('conv_f_rmse')}"),
@@ -277,7 +292,8 @@ def render(output: Path, report: dict, errors: dict | None) -> str:
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     return env.get_template("report.html.j2").render(
         report=report, facts=summary_facts(report), iterations=iteration_table(report), systems=system_table(report),
-        stages=stage_table(report), figures=page_figures(report, errors), links=output_links(output, report),
+        fits=fit_table(report), stages=stage_table(report), figures=page_figures(report, errors),
+        links=output_links(output, report),
         settings=settings_list(report), skipped=(report.get("model_errors") or {}).get("skipped") or {})
 
 
