@@ -453,9 +453,10 @@ def _check_system(cfg: SimplifyConfig, key: str, root: str, name: str, needs_lab
             if not any(arr in shapes for shapes in sets.values()):
                 what = "labeled: true" if cfg.jdata["labeled"] else f"fp_style {cfg.fp_style!r}"
                 raise ConfigError(f"pick_data: system {where} lacks {arr}, which {what} needs")
+    if cfg.pick_uri:  # pick_data in S3: only its index files are here, not its arrays
+        return
     arrays = ("box", "coord") + (("energy", "force", "virial") if needs_labels else ())
-    path, fmt = (where, "deepmd/hdf5") if "#" in name else (where, "deepmd/npy")
-    bad = first_non_finite(path, fmt, arrays)  # an s3:// pick_data: its index files (box.npy) only
+    bad = first_non_finite(where, "deepmd/hdf5" if "#" in name else "deepmd/npy", arrays)
     if bad:
         raise ConfigError(f"pick_data: system {where}, frame {bad[0]}: {bad[1]} holds NaN or infinity (frames "
                           "counted from 0 over the system's sets); fix or remove that frame")

@@ -61,8 +61,8 @@ def check_output(output: Path, inputs: dict[str, list[str]], flag: str = "-o") -
             path_real = os.path.realpath(path)
             if _inside(real, path_real) or _inside(path_real, real):
                 where = "inside" if _inside(real, path_real) else "around"
-                raise OutputError(f"{flag} {output}: the output folder is {where} {what} {path}; the run would "
-                                  f"write into its own inputs. Give an output folder outside {what}")
+                raise OutputError(f"{flag} {output}: the output folder is {where} {what} {path}, which no command "
+                                  f"writes into; give an output folder outside {what}")
     _check_writable(output, Path(real), flag)
 
 

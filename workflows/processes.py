@@ -87,11 +87,20 @@ def end_processes(token: str, grace: float = GRACE) -> int:
                     proc.send_signal(signal_)
                 except psutil.Error:
                     pass
-            _, found = psutil.wait_procs(found, timeout=wait)
-            found = [p for p in found if running(p.pid)]
+            found = _wait_gone(found, wait)
             if not found:
                 break
     return ended
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Those of `procs` still running after up to `timeout` s (not psutil.wait_procs: it waits for a zombie until
+    someone reaps it, which, for the orphans of a killed process, may take long)."""
+    deadline = time.monotonic() + timeout
+    while procs and time.monotonic() < deadline:
+        time.sleep(0.05)
+        procs = [p for p in procs if running(p.pid)]
+    return procs
 
 
 def running(pid: int) -> bool:
