@@ -336,6 +336,9 @@ CONTRADICTIONS = [
     ("a boolean as a number", {"training_init_model": 1}, "key `training_init_model` gets wrong value type"),
     ("a nested number as a boolean", {"step_configs": {"run_fp": {"group_size": True}}},
      "step_configs.run_fp.group_size: expected an integer, got true"),
+    ("a training number as a boolean", {"default_training_param": {**base_config()["default_training_param"],
+                                                                   "training": {"numb_steps": True}}},
+     "default_training_param.training.numb_steps: expected an integer, got true"),
     ("mass_map of the wrong length", {"mass_map": [107.9]}, "mass_map: 1 masses for the 2 elements of type_map"),
     ("a seed beyond 64 bits", {"pick_seed": 10**19 - 1}, "pick_seed: 9999999999999999999 does not fit in 64 bits"),
     # only the hi level was written: the error names it, not the lo level's default

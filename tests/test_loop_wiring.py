@@ -246,3 +246,119 @@ def test_no_output_parameter_grows_with_the_pick(tmp_path):
     sizes = {f"{step}/{f.name}": f.stat().st_size for step, d in step_dirs(out).items()
              for f in (d / "outputs" / "parameters").glob("*") if f.is_file()}
     assert sizes and max(sizes.values()) < 64 * 1024, sorted(sizes.items(), key=lambda kv: -kv[1])[:5]
+
+
+FAKE_OPS_PATH = {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}  # the OPs import tests.*
+
+
+def _start(tmp_path: Path, pick_data: Path, output: Path, **overrides) -> subprocess.Popen:
+    """The loop of `run` in the background, its output in tmp_path/stdout.txt and stderr.txt (files, not pipes:
+    a process left alive would keep a pipe open)."""
+    path = write_config(tmp_path, pick_data, **overrides)
+    with open(tmp_path / "stdout.txt", "w") as out, open(tmp_path / "stderr.txt", "w") as err:
+        return subprocess.Popen([sys.executable, "-m", "tests.run_fake_loop", str(path), str(output)], cwd=ROOT,
+                                env={**os.environ, **FAKE_OPS_PATH}, stdout=out, stderr=err)
+
+
+def _wait_for_step(output: Path, key: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until step `key` of the run in `output` is running (its process started)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not any((p / key / "pid").exists() for p in (output / "work").glob("simplify-*")):
+        assert proc.poll() is None, "the run ended before the step started"
+        assert time.monotonic() < deadline, f"{key} did not start"
+        time.sleep(0.05)
+
+
+def _same_run(out: Path, ref: Path) -> None:
+    got, want = (json.loads((d / "report.json").read_text()) for d in (out, ref))
+    for k in ("workflow_id", "wall_time_s"):
+        got.pop(k), want.pop(k)
+    assert got == want
+    assert dataset_frame_ids(out) == dataset_frame_ids(ref)
+
+
+def test_kill_9_of_the_main_process_alone_then_the_same_command_resumes(flaky_run, pick_data, tmp_path):
+    """As an OOM killer or a closed terminal does: the main process killed in the middle of iteration 1's training
+    (its forked pool workers running the RunTrain slices). Every process of the run ends with it; the same
+    command takes the folder over at once and finishes with the uninterrupted run's dataset."""
+    import time
+
+    import psutil
+
+    from dflow_simplify.workflows.processes import running
+
+    _, ref, _ = flaky_run
+    settings = dict(ratio_failed=0.6, probe_number=2, conv_f_rmse=0.1, model_devi_f_trust_lo=0.02, **FLAKY)
+    out = tmp_path / "out"
+    proc, family = _start(tmp_path, pick_data, out, **settings), []
+    try:
+        _wait_for_step(out, "iter-000001--run-train-0001", proc)
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert len(family) >= 3  # the guard, the pool workers, a slice's OP
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while any(running(p.pid) for p in family) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in family if running(p.pid)]
+    finally:
+        for p in [proc, *family]:  # what this test started, should it fail
+            if running(p.pid):
+                p.kill()
+    done = {k: (d / "phase").stat().st_mtime_ns for k, d in step_dirs(out).items()
+            if (d / "phase").read_text() == "Succeeded"}
+    assert "iter-000001--prep-train" in done
+    again, out = run(tmp_path, pick_data, env=FAKE_OPS_PATH, **settings)  # the same command, same output folder
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming workflow" in again.stdout
+    steps = step_dirs(out)
+    assert {k: (steps[k] / "phase").stat().st_mtime_ns for k in done} == done  # reused, not run again
+    _same_run(out, ref)
+
+
+def test_a_full_disk_stops_the_run_naming_it_and_the_rerun_resumes(flaky_run, pick_data, tmp_path):
+    """The output folder's file system (a 32 MB tmpfs) fills up while iteration 1's RunFP runs: the run stops
+    with "no space left on" that file system; with space freed, the same command finishes with the
+    uninterrupted run's dataset (nothing written half-way was taken for finished)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+    _, ref, _ = flaky_run
+    settings = dict(ratio_failed=0.6, probe_number=2, conv_f_rmse=0.1, model_devi_f_trust_lo=0.02, **FLAKY)
+    out = disk / "out"
+    try:
+        proc = _start(tmp_path, pick_data, out, **settings)
+        try:
+            _wait_for_step(out, "iter-000001--run-fp-000000", proc)
+            with open(disk / "filler", "wb", buffering=0) as f:  # whatever else writes on that disk takes the rest
+                with pytest.raises(OSError, match="No space left on device"):
+                    while True:
+                        f.write(b"\0" * (1 << 20))
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        stderr = (tmp_path / "stderr.txt").read_text()
+        assert proc.returncode == 1
+        assert f"error: no space left on {disk} (" in stderr or f": no space left on {disk} (" in stderr, stderr[-3000:]
+        (disk / "filler").unlink()
+        again, out = run(tmp_path, pick_data, out="disk/out", env=FAKE_OPS_PATH, **settings)
+        assert again.returncode == 0, again.stderr[-3000:]
+        _same_run(out, ref)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_download_refuses_a_target_inside_pick_data(flaky_run, pick_data, tmp_path):
+    _, out, _ = flaky_run
+    config = write_config(tmp_path, pick_data, ratio_failed=0.6, probe_number=2, conv_f_rmse=0.1,
+                          model_devi_f_trust_lo=0.02, **FLAKY)  # the run's own config may have been moved away
+    proc = run_cli(["download", out, "--config", config, "-o", pick_data / "downloaded"])
+    assert proc.returncode == 2 and "the output folder is inside pick_data" in proc.stderr, proc.stderr[-2000:]
+    assert not (pick_data / "downloaded").exists()
