@@ -184,7 +184,7 @@ def fit_record(state: FitState, post: Posterior, computed: int) -> dict:
     return {"style": "exact", "frames": len(state.frames), "frames_weighted": sum(state.frames.values()),
             "frames_computed": computed, "parameters": len(post.mean), "rows": state.normal.rows,
             "loss": loss, "optimum_loss": best, "loss_ratio": loss / best if best > 0 else 1.0,
-            "prior_precision": post.alpha, "noise_precision": post.beta,
+            "prior_precision": post.alpha, "prior_at_floor": post.at_floor, "noise_precision": post.beta,
             "effective_parameters": float(sum(post.gamma)), "evidence_iterations": post.iterations}
 
 

@@ -72,6 +72,7 @@ class Posterior:
     beta: float
     gamma: list[float]
     iterations: int
+    at_floor: list[bool]  # the evidence wanted a weaker prior than the solver allows (the data dominate)
 
     def covariance(self) -> np.ndarray:
         return linalg.cho_solve(linalg.cho_factor(self.precision), np.eye(len(self.mean)))
@@ -109,7 +110,8 @@ def solve(normal: NormalEquations, prior_mean: np.ndarray, groups: list[np.ndarr
         # the noise cannot be told from the fit when the data are interpolated (N <= gamma): floor its variance
         ssr = max(yy - 2 * delta @ shifted + delta @ gram @ delta, 1e-10 * yy, 1e-300)
         new_beta = max(n_obs - gamma.sum(), 1e-3) / ssr
-        new_alpha = np.clip(gamma / np.maximum(norms, 1e-300), 1e-9 * scale * new_beta, 1e12 * scale * new_beta)
+        floor = 1e-9 * scale * new_beta  # keeps the precision matrix positive definite in floating point
+        new_alpha = np.clip(gamma / np.maximum(norms, 1e-300), floor, 1e12 * scale * new_beta)
         done = np.all(np.abs(np.log(new_alpha / alpha)) < tol) and abs(np.log(new_beta / beta)) < tol
         alpha, beta = new_alpha, new_beta
         if done:
@@ -117,4 +119,5 @@ def solve(normal: NormalEquations, prior_mean: np.ndarray, groups: list[np.ndarr
     precision = beta * gram + np.diag(alpha[member])
     delta = linalg.cho_solve(linalg.cho_factor(precision), beta * shifted)
     return Posterior(mean=prior_mean + delta, precision=precision, alpha=[float(a) for a in alpha], beta=float(beta),
-                     gamma=[float(g) for g in gamma], iterations=it)
+                     gamma=[float(g) for g in gamma], iterations=it,
+                     at_floor=[bool(a <= 1e-9 * scale * beta * (1 + 1e-9)) for a in alpha])
