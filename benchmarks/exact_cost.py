@@ -89,31 +89,15 @@ def env() -> dict:
 
 # ----------------------------------------------------------------------------------------------- data
 def make_system(n_frames: int, n_au: int, rng, new_level: bool, work: Path):
-    import dpdata
-    from ase.build import bulk
-    from ase.calculators.emt import EMT
-
+    """108-atom cells made as the Ag-Au example makes its 32-atom ones; EMT + D3(BJ) with the dftd3 engine."""
     from dflow_simplify.ops.fp.base import get_engine
 
+    sys.path.insert(0, str(ROOT / "examples" / "ag-au-emt-d3"))
+    from make_example import make_frames
+
     engine = get_engine("dftd3")
-    frames = []
-    for _ in range(n_frames):
-        atoms = bulk("Ag", "fcc", a=4.12, cubic=True) * (3, 3, 3)
-        symbols = np.array(["Ag"] * len(atoms))
-        symbols[rng.choice(len(atoms), n_au, replace=False)] = "Au"
-        atoms.set_chemical_symbols(list(symbols))
-        strain = np.eye(3) + rng.uniform(-0.04, 0.04, (3, 3)) * np.array([[1, .3, .3], [.3, 1, .3], [.3, .3, 1]])
-        atoms.set_cell(atoms.cell.array @ strain, scale_atoms=True)
-        atoms.rattle(stdev=rng.uniform(0.02, 0.16), seed=int(rng.integers(1 << 30)))
-        atoms.calc = EMT()
-        frame = dpdata.LabeledSystem(atoms, fmt="ase/structure", type_map=TYPE_MAP)
-        if new_level:
-            frame = engine.label(frame, str(work), {"method": "pbe", "damping": "d3bj"})
-        frames.append(frame)
-    out = frames[0]
-    for f in frames[1:]:
-        out = out + f
-    return out
+    d3 = (lambda frame: engine.label(frame, str(work), {"method": "pbe", "damping": "d3bj"})) if new_level else None
+    return make_frames(n_frames, n_au, rng, repeat=3, label=d3)
 
 
 def neighbor_max(path: Path) -> list[int]:

@@ -26,10 +26,13 @@ HERE = Path(__file__).resolve().parent
 TYPE_MAP = ["Ag", "Au"]
 
 
-def make_frames(n_frames: int, n_au: int, rng: np.random.Generator) -> dpdata.LabeledSystem:
+def make_frames(n_frames: int, n_au: int, rng: np.random.Generator, repeat: int = 2,
+                label=None) -> dpdata.LabeledSystem:
+    """`n_frames` EMT-labeled fcc cells (`repeat`^3 conventional cells) with `n_au` Au atoms, strained and
+    rattled; `label(frame)`, when given, relabels each frame."""
     frames = None
     for _ in range(n_frames):
-        atoms = bulk("Ag", "fcc", a=4.12, cubic=True) * (2, 2, 2)
+        atoms = bulk("Ag", "fcc", a=4.12, cubic=True) * (repeat, repeat, repeat)
         symbols = np.array(["Ag"] * len(atoms))
         symbols[rng.choice(len(atoms), n_au, replace=False)] = "Au"
         atoms.set_chemical_symbols(list(symbols))
@@ -38,6 +41,7 @@ def make_frames(n_frames: int, n_au: int, rng: np.random.Generator) -> dpdata.La
         atoms.rattle(stdev=rng.uniform(0.02, 0.16), seed=int(rng.integers(1 << 30)))
         atoms.calc = EMT()
         frame = dpdata.LabeledSystem(atoms, fmt="ase/structure", type_map=TYPE_MAP)
+        frame = label(frame) if label else frame
         frames = frame if frames is None else frames + frame
     return frames
 
