@@ -112,7 +112,9 @@ def training_fits(steps, tmp: Path) -> dict[str, list[dict]]:
     for key, step in sorted(_by_key(steps).items()):
         if step.phase == "Succeeded" and re.search(r"--run-train-\d+$", key) and "lcurve" in step.outputs.artifacts:
             for f in _download_files(step.outputs.artifacts["lcurve"], tmp, key, "fit.json")[:1]:
-                fits.setdefault(str(iter_index_of(key)), []).append(json.loads(f.read_text()))
+                record = json.loads(f.read_text())
+                record.pop("seconds", None)  # report.json holds no times (timing.json does): equal runs, equal reports
+                fits.setdefault(str(iter_index_of(key)), []).append(record)
     return fits
 
 
