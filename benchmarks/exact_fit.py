@@ -68,7 +68,7 @@ def exact_on_frames(dataset: Path, originals: list[Path], cfg: dict, out: Path) 
 
 def fit_seconds(run: Path) -> list[dict]:
     """The records of every exact RunTrain of a run (one per model and iteration)."""
-    found = {f.read_text() for f in run.glob("work/*/iter-*--run-train-*/**/exact/fit.json")}  # dflow keeps copies
+    found = {f.read_text() for f in run.glob("work/*/iter-*--run-train-*/**/fit.json")}  # dflow keeps copies
     return [json.loads(text) for text in sorted(found)]
 
 

@@ -156,9 +156,12 @@ def run_exact(work: Path, init_model: Path, init_mode: str, backend: str, system
     record = exact_train(start, previous, systems, type_map, jinput.get("loss", {}), ckpt, frozen, auto_prob,
                          bootstrap, rename_types=type_map)
     shutil.copy2(ckpt / frozen, work / frozen)
+    # outputs are separate files: two outputs naming one file become hard links, which dpdispatcher's download
+    # of a batch job's outputs (SSH) refuses
+    shutil.copy2(ckpt / STATE / "fit.json", work / "fit.json")
     with open(work / "train.log", "a") as log:
         log.write("exact output-layer fit: " + json.dumps(record) + "\n")
-    return {"model": work / frozen, "checkpoint": ckpt, "lcurve": ckpt / STATE / "fit.json", "log": work / "train.log"}
+    return {"model": work / frozen, "checkpoint": ckpt, "lcurve": work / "fit.json", "log": work / "train.log"}
 
 
 def refit(work: Path, model_file: Path, systems: list[TrainingSystem], type_map: list[str], jinput: dict) -> dict:
