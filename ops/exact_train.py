@@ -139,12 +139,17 @@ def check_type_map(start: dict, type_map: list[str], substitution_ok: bool) -> N
                          "the exact fit reads types by index (train_style \"sgd\" lets deepmd-kit map them)")
 
 
+def _one_thread() -> None:
+    """One torch thread per process, as `dp train` runs (OMP_NUM_THREADS in the step's envs overrides)."""
+    import torch  # deferred: seconds to import
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+
 def run_exact(work: Path, init_model: Path, init_mode: str, backend: str, systems: list[TrainingSystem],
               type_map: list[str], jinput: dict, bootstrap: tuple[int, int] | None, renamed: bool) -> dict[str, Path]:
     """One exact training in `work`; the files RunTrain returns."""
-    import torch  # one thread per process, as `dp train` runs (OMP_NUM_THREADS, set in the step's envs, overrides)
-
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    _one_thread()
     frozen = "graph.pb" if backend == "tensorflow" else "graph.pth"
     start, previous = start_model(init_model, init_mode, backend, work)
     if start is not None:
@@ -166,9 +171,7 @@ def run_exact(work: Path, init_model: Path, init_mode: str, backend: str, system
 
 def refit(work: Path, model_file: Path, systems: list[TrainingSystem], type_map: list[str], jinput: dict) -> dict:
     """Re-solve the output layer of the model `dp train` wrote; the SGD model is kept as `<name>.sgd<suffix>`."""
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    _one_thread()
     start = load_model_dict(model_file)
     check_linear_model(start, str(model_file))
     state = FitState.begin(start)

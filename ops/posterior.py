@@ -77,11 +77,6 @@ class Posterior:
     def covariance(self) -> np.ndarray:
         return linalg.cho_solve(linalg.cho_factor(self.precision), np.eye(len(self.mean)))
 
-    def variance_of(self, rows: np.ndarray) -> np.ndarray:
-        """Predictive variance of rows . theta from the parameters alone (no noise), per row."""
-        factor = linalg.cho_factor(self.precision)
-        return np.einsum("ij,ji->i", rows, linalg.cho_solve(factor, rows.T))
-
 
 def solve(normal: NormalEquations, prior_mean: np.ndarray, groups: list[np.ndarray], max_iter: int = 200,
           tol: float = 1e-6) -> Posterior:
